@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: create .venv (CPU torch 2.13.0, this package with its C++ extension,
+# the test tools), then run the main job. `bash setup.sh --no-run` only sets up.
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ ! -x .venv/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv
+fi
+. .venv/bin/activate
+# Pinned: an unpinned torch resolves to a multi-GB CUDA build on these machines.
+pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+pip install -q -r requirements-dev.txt
+# No build isolation: the extension must compile against the torch installed above.
+pip install -q --no-build-isolation -e .
+if [ "${1:-}" != "--no-run" ]; then
+    python -m mednext_fast
+fi
