@@ -1,0 +1,173 @@
+"""What the benchmark compares: implementations ("columns") of a model, a block or an op, built alike.
+
+Columns, the first being the baseline of every ratio:
+  eager       our PyTorch reference (backend='torch'), NCDHW
+  eager_cl3d  the same with model and input in channels_last_3d
+  compile     torch.compile of the reference
+  monai       MONAI's MedNeXt (where installed)
+  triton      our fused Triton backend (CUDA)
+  cpp         our fused C++ backend (CPU inference)
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+import mednext_fast as mf
+from mednext_fast import backends, ops
+
+COLUMNS = ("eager", "eager_cl3d", "compile", "monai", "triton", "cpp")
+# Columns that make sense per suite (MONAI and channels_last are whole-model/block choices).
+SUITE_COLUMNS = {"ops": ("eager", "compile", "triton", "cpp"),
+                 "blocks": ("eager", "eager_cl3d", "compile", "triton", "cpp"),
+                 "model": COLUMNS, "train": COLUMNS}
+N_CLASSES = 13
+DS_WEIGHTS = [1 / 2 ** i for i in range(5)]
+# Paper Table 3: seconds per training epoch (250 iterations, batch 2, 128^3), kernel 3 and 5.
+PAPER_EPOCH_S = {("S", 3): 117, ("S", 5): 364, ("B", 3): 120, ("B", 5): 381,
+                 ("M", 3): 213, ("M", 5): 668, ("L", 3): 267, ("L", 5): 735}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Skip(Exception):
+    """This column cannot run here; the message says why."""
+
+
+def autocast(device: str, dtype: str):
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=DTYPES[dtype])
+
+
+def check_column(column: str, device: str, training: bool) -> None:
+    if column == "monai":
+        try:
+            import monai.networks.nets.mednext  # noqa: F401
+        except ImportError:
+            raise Skip("monai is not installed")
+    if column == "triton":
+        if device != "cuda":
+            raise Skip("Triton kernels run on CUDA only")
+        if not backends.is_available("triton"):
+            raise Skip("backend='triton' is not available here")
+    if column == "cpp":
+        if device != "cpu":
+            raise Skip("the C++ kernels run on CPU only")
+        if training:
+            raise Skip("the C++ kernels are inference-only")
+        if not backends.is_available("cpp"):
+            raise Skip("the C++ extension is not built")
+
+
+def _to_device(module, x, column, device):
+    module = module.to(device)
+    x = x.to(device)
+    if column == "eager_cl3d":
+        module = module.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    if column == "compile":
+        module = torch.compile(module)
+    return module, x
+
+
+def build_model(column: str, variant: str, kernel: int, device: str, checkpointing: bool, batch: int, size: int):
+    check_column(column, device, training=False)
+    if column == "monai":
+        if checkpointing:
+            raise Skip("MONAI's MedNeXt has no gradient checkpointing")
+        from monai.networks.nets.mednext import create_mednext
+        model = create_mednext(variant, spatial_dims=3, in_channels=1, out_channels=N_CLASSES,
+                               kernel_size=kernel, deep_supervision=True)
+    else:
+        backend = column if column in ("triton", "cpp") else "torch"
+        model = mf.create_mednext(variant, 1, N_CLASSES, kernel_size=kernel, deep_supervision=True,
+                                  checkpoint_style="outside_block" if checkpointing else None, backend=backend)
+    x = torch.randn(batch, 1, size, size, size)
+    return _to_device(model, x, column, device)
+
+
+def forward_fn(model, x, device, dtype):
+    model.eval()
+
+    def run():
+        with torch.inference_mode(), autocast(device, dtype):
+            model(x)
+    return run
+
+
+def train_step_fn(model, x, device, dtype):
+    """Forward, deep-supervision loss, backward and AdamW step (the paper's optimiser settings)."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-4, weight_decay=3e-5)
+    scaler = torch.amp.GradScaler(device, enabled=dtype == "fp16")
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, dtype):
+            outs = model(x)
+            outs = [outs] if isinstance(outs, torch.Tensor) else outs
+            loss = sum(w * o.float().square().mean() for w, o in zip(DS_WEIGHTS, outs))
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return run
+
+
+def build_block(column: str, channels: int, ratio: int, kernel: int, device: str, batch: int, size: int,
+                training: bool):
+    check_column(column, device, training)
+    block = mf.MedNeXtBlock(channels, channels, ratio, kernel, do_res=True)
+    block.backend = column if column in ("triton", "cpp") else "torch"
+    x = torch.randn(batch, channels, size, size, size)
+    return _to_device(block, x, column, device)
+
+
+def block_fn(block, x, device, dtype, training):
+    if not training:
+        return forward_fn(block, x, device, dtype)
+    x = x.requires_grad_(True)
+
+    def run():
+        with autocast(device, dtype):
+            out = block(x)
+        out.float().sum().backward()
+    return run
+
+
+def op_cost(op: str, channels: int, ratio: int, kernel: int, batch: int, size: int, elt_bytes: int):
+    """(FLOPs, minimum bytes moved) of one op call, for the roofline columns."""
+    voxels = batch * size ** 3
+    if op == "dwconv_stats":
+        return 2 * kernel ** 3 * channels * voxels, 2 * channels * voxels * elt_bytes
+    hidden = ratio * channels
+    return 4 * channels * hidden * voxels, 3 * channels * voxels * elt_bytes  # y, residual in; out
+
+
+def build_op(column: str, op: str, channels: int, ratio: int, kernel: int, device: str, batch: int,
+             size: int, dtype: str):
+    check_column(column, device, training=False)
+    impl = ops if column in ("eager", "compile") else backends.load_ops(column)
+    fn = getattr(impl, op)
+    if column == "compile":
+        fn = torch.compile(fn)
+    tensor_dtype = DTYPES[dtype] if device == "cuda" else torch.float32
+    make = dict(device=device, dtype=tensor_dtype)
+    hidden = ratio * channels
+    if op == "dwconv_stats":
+        x = torch.randn(batch, channels, size, size, size, **make)
+        w = torch.randn(channels, 1, kernel, kernel, kernel, device=device) * 0.1
+        b = torch.randn(channels, device=device)
+        args = (x, w.to(tensor_dtype), b.to(tensor_dtype))
+    else:
+        y = torch.randn(batch, channels, size, size, size, **make)
+        s1 = y.float().sum((2, 3, 4))
+        s2 = y.float().square().sum((2, 3, 4))
+        args = (y, s1, s2, torch.ones(channels, **make), torch.zeros(channels, **make),
+                torch.randn(hidden, channels, **make) * 0.1, torch.zeros(hidden, **make),
+                torch.randn(channels, hidden, **make) * 0.1, torch.zeros(channels, **make), y)
+
+    def run():
+        with torch.inference_mode():
+            fn(*args)
+    return run

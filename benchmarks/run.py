@@ -1,0 +1,192 @@
+"""MedNeXt benchmarks: kernel sizes 3/5/7 x variants S/B/M/L, our backends against eager PyTorch,
+torch.compile and MONAI, forward and train step, time and peak memory, on CPU or CUDA.
+
+    python -m benchmarks.run --device cpu --suite model --variants S --kernels 3,5 --size 64
+    python -m benchmarks.run --device cuda --suite train,blocks,ops --dtype bf16 --budget-s 300
+
+Writes results.json, results.md and PNG plots to --out (default benchmarks/results/<device>-<date>/).
+Every ratio is measured against the 'eager' column of the same case in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import re
+import sys
+import time
+
+import torch
+
+from benchmarks import cases, device_info, measure, report
+from mednext_fast.configs import VARIANTS, variant_config
+
+SUITES = ("ops", "blocks", "model", "train")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--suite", default="model", help=f"comma-separated, from {','.join(SUITES)} (default: model)")
+    parser.add_argument("--variants", default="S,B,M,L", help="comma-separated variants (default: S,B,M,L)")
+    parser.add_argument("--kernels", default="3,5,7", help="comma-separated kernel sizes (default: 3,5,7)")
+    parser.add_argument("--columns", default=",".join(cases.COLUMNS),
+                        help=f"implementations to compare, first must be eager (default: {','.join(cases.COLUMNS)})")
+    parser.add_argument("--dtype", choices=tuple(cases.DTYPES), default=None,
+                        help="autocast dtype (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--size", type=int, default=None, help="input edge, divisible by 16 (default: 128 cuda, 64 cpu)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: 2 cuda, 1 cpu)")
+    parser.add_argument("--levels", default="0,1,2,3,4", help="network levels for the blocks/ops suites (default: all)")
+    parser.add_argument("--checkpointing", default="off,on", help="train suite: off, on or both (default: off,on)")
+    parser.add_argument("--min-time", type=float, default=None, help="seconds of repeated runs per cell (default: 1 cuda, 2 cpu)")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop measuring after this many seconds; the rest is marked skipped")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--out", default=None, help="output folder")
+    args = parser.parse_args(argv)
+    args.suite = _split(args.suite, SUITES, parser, "suite")
+    args.variants = [v.upper() for v in _split(args.variants.upper(), tuple(VARIANTS), parser, "variant")]
+    args.kernels = [int(k) for k in _split(args.kernels, ("3", "5", "7"), parser, "kernel")]
+    args.columns = _split(args.columns, cases.COLUMNS, parser, "column")
+    if args.columns[0] != "eager":
+        parser.error("the first column must be eager: every ratio is measured against it")
+    args.levels = [int(v) for v in _split(args.levels, tuple("01234"), parser, "level")]
+    args.checkpointing = [c == "on" for c in _split(args.checkpointing, ("off", "on"), parser, "checkpointing")]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is visible")
+    args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
+    args.size = args.size or (128 if args.device == "cuda" else 64)
+    if args.size % 16:
+        parser.error(f"--size {args.size} is not divisible by 16")
+    args.batch = args.batch or (2 if args.device == "cuda" else 1)
+    args.min_time = args.min_time or (1.0 if args.device == "cuda" else 2.0)
+    return args
+
+
+def _split(text, allowed, parser, what):
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    for item in items:
+        if item not in allowed:
+            parser.error(f"unknown {what} {item!r}; choose from {','.join(allowed)}")
+    return items
+
+
+def grid(args):
+    """(suite, case fields, builder) for every cell, cheapest suites first."""
+    for suite in args.suite:
+        if suite == "ops":
+            for level in args.levels:
+                channels, size = 32 * 2 ** level, args.size // 2 ** level
+                for kernel in args.kernels:
+                    yield suite, dict(op="dwconv_stats", kernel=kernel, level=level), \
+                        dict(channels=channels, size=size, ratio=4)
+                yield suite, dict(op="norm_mlp", level=level, kernel=None), dict(channels=channels, size=size, ratio=4)
+        elif suite == "blocks":
+            for variant in args.variants:
+                ratios = variant_config(variant)["exp_r"]
+                ratios = [ratios] * 9 if isinstance(ratios, int) else ratios
+                for level in args.levels:
+                    for kernel in args.kernels:
+                        for mode in ("fwd", "fwd+bwd"):
+                            yield suite, dict(variant=variant, level=level, kernel=kernel, mode=mode), \
+                                dict(channels=32 * 2 ** level, size=args.size // 2 ** level, ratio=ratios[level])
+        elif suite == "model":
+            for variant in args.variants:
+                for kernel in args.kernels:
+                    yield suite, dict(variant=variant, kernel=kernel, mode="fwd"), {}
+        elif suite == "train":
+            for variant in args.variants:
+                for kernel in args.kernels:
+                    for ckpt in args.checkpointing:
+                        yield suite, dict(variant=variant, kernel=kernel, mode="train", checkpointing=ckpt), {}
+
+
+def build(suite, case, extra, column, args):
+    device, dtype = args.device, args.dtype
+    if suite == "ops":
+        return cases.build_op(column, case["op"], extra["channels"], extra["ratio"], case["kernel"] or 3,
+                              device, args.batch, extra["size"], dtype)
+    if suite == "blocks":
+        training = case["mode"] == "fwd+bwd"
+        block, x = cases.build_block(column, extra["channels"], extra["ratio"], case["kernel"], device,
+                                     args.batch, extra["size"], training)
+        return cases.block_fn(block, x, device, dtype, training)
+    if suite == "model":
+        model, x = cases.build_model(column, case["variant"], case["kernel"], device, False, args.batch, args.size)
+        return cases.forward_fn(model, x, device, dtype)
+    cases.check_column(column, device, training=True)
+    model, x = cases.build_model(column, case["variant"], case["kernel"], device, case["checkpointing"],
+                                 args.batch, args.size)
+    return cases.train_step_fn(model, x, device, dtype)
+
+
+def annotate(row, suite, case, extra, args, info):
+    """Derived columns: roofline share for ops, epoch-time estimate for train steps."""
+    if suite == "ops" and row.get("median_s"):
+        elt = 2 if args.dtype != "fp32" and args.device == "cuda" else 4
+        flops, nbytes = cases.op_cost(case["op"], extra["channels"], extra["ratio"], case["kernel"] or 3,
+                                      args.batch, extra["size"], elt)
+        peaks = info["peaks"]
+        tensor_core = case["op"] == "norm_mlp" and elt == 2 and peaks.get("bf16_gflops")
+        flop_peak = peaks["bf16_gflops"] if tensor_core else peaks["fp32_gflops"]
+        row.update(gflops=flops / row["median_s"] / 1e9, gbps=nbytes / row["median_s"] / 1e9,
+                   roofline_pct=100 * max(nbytes / 1e9 / peaks["gbps"], flops / 1e9 / flop_peak) / row["median_s"])
+    if suite == "train" and row.get("median_s"):
+        # 250 iterations of batch 2 per epoch, as in the paper's Table 3.
+        row["epoch_estimate_s"] = row["median_s"] * 250 * 2 / args.batch
+        row["paper_epoch_s"] = cases.PAPER_EPOCH_S.get((case["variant"], case["kernel"]))
+
+
+def default_out(info) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", info["name"]).strip("-")[:40]
+    return os.path.join("benchmarks", "results", f"{info['device']}-{slug}-{datetime.date.today():%Y%m%d}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = device_info.describe(args.device)
+    out = args.out or default_out(info)
+    os.makedirs(out, exist_ok=True)
+    cells = [(s, c, e, col) for s, c, e in grid(args) for col in args.columns if col in cases.SUITE_COLUMNS[s]]
+    print(f"{len(cells)} cells on {info['name']} ({args.device}, {args.dtype}); results -> {out}", flush=True)
+    try:
+        from tqdm import tqdm
+        progress = tqdm(cells, file=sys.stdout, mininterval=2)
+    except ImportError:
+        progress = cells
+    rows, start = [], time.perf_counter()
+    for suite, case, extra, column in progress:
+        row = dict(suite=suite, column=column, dtype=args.dtype, batch=args.batch, **case,
+                   **{k: v for k, v in extra.items() if k != "size"}, size=extra.get("size", args.size))
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            row["skipped"] = "time budget"
+        else:
+            try:
+                fn = build(suite, case, extra, column, args)
+                row.update(measure.measure(fn, args.device, args.min_time))
+            except cases.Skip as why:
+                row["skipped"] = str(why)
+            except (RuntimeError, ValueError, NotImplementedError) as err:  # e.g. out of memory
+                row["skipped"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+            annotate(row, suite, case, extra, args, info)
+        rows.append(row)
+        fn = None
+        gc.collect()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    report.add_ratios(rows)
+    report.write_json(os.path.join(out, "results.json"), info, vars(args), rows)
+    table = report.markdown(info, rows, args.columns)
+    with open(os.path.join(out, "results.md"), "w") as handle:
+        handle.write(table + "\n")
+    plots = report.plot(out, rows, args.columns)
+    print(table)
+    print(f"wrote {out}/results.json, results.md" + "".join(f", {os.path.basename(p)}" for p in plots))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

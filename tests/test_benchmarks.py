@@ -1,0 +1,59 @@
+"""The benchmark CLI runs a tiny grid on CPU and writes valid JSON, a table and a plot."""
+import json
+import os
+
+import pytest
+import torch
+
+from benchmarks import gpu_suite, report
+from benchmarks import run as bench_run
+
+
+def test_tiny_cpu_grid_writes_json_table_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = bench_run.main(["--device", "cpu", "--suite", "model,train,ops", "--variants", "S", "--kernels", "3",
+                           "--size", "32", "--levels", "0", "--columns", "eager,monai,cpp", "--min-time", "0.05",
+                           "--checkpointing", "off", "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["environment"]["device"] == "cpu" and data["environment"]["torch"]
+    rows = data["results"]
+    eager = [r for r in rows if r["column"] == "eager"]
+    assert {r["suite"] for r in eager} == {"model", "train", "ops"}
+    assert all(r["median_s"] > 0 and r["runs"] >= 3 for r in eager)
+    assert all(r["speedup_vs_eager"] == pytest.approx(1.0) for r in eager)
+    assert any(r["suite"] == "ops" and r["roofline_pct"] > 0 for r in eager)
+    train = next(r for r in eager if r["suite"] == "train")
+    assert train["epoch_estimate_s"] == pytest.approx(train["median_s"] * 500) and train["paper_epoch_s"] == 117
+    for row in rows:
+        assert row.get("median_s") or row.get("skipped"), row
+    table = (out / "results.md").read_text()
+    assert "## model" in table and "| variant=S kernel=3 mode=fwd |" in table
+    assert (out / "model.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ratios_are_against_eager_of_the_same_case():
+    rows = [dict(suite="model", variant="S", kernel=3, mode="fwd", column="eager", median_s=2.0, peak_extra_bytes=100),
+            dict(suite="model", variant="S", kernel=3, mode="fwd", column="triton", median_s=0.5, peak_extra_bytes=25),
+            dict(suite="model", variant="S", kernel=5, mode="fwd", column="triton", median_s=1.0)]
+    report.add_ratios(rows)
+    assert rows[1]["speedup_vs_eager"] == 4.0 and rows[1]["memory_vs_eager"] == 0.25
+    assert "speedup_vs_eager" not in rows[2]  # no eager run of that case
+
+
+def test_cli_rejects_bad_arguments():
+    with pytest.raises(SystemExit):
+        bench_run.parse_args(["--columns", "triton,eager"])
+    with pytest.raises(SystemExit):
+        bench_run.parse_args(["--device", "cpu", "--size", "40"])
+    with pytest.raises(SystemExit):
+        bench_run.parse_args(["--kernels", "4"])
+
+
+def test_gpu_suite_dry_run_reports_what_it_would_skip(tmp_path, capsys):
+    assert gpu_suite.main([str(tmp_path / "suite"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "would run benchmarks.run --suite train" in printed
+    if not torch.cuda.is_available():
+        assert "skip everything: no CUDA device visible (dry run)" in printed
+    assert os.path.isdir(tmp_path / "suite")
