@@ -9,6 +9,7 @@ from ._source_tree import extend_package_path
 
 extend_package_path(__path__)
 
+from .accelerate import accelerate  # noqa: E402
 from .backends import BACKENDS, BackendUnavailable  # noqa: E402
 from .blocks import MedNeXtBlock, MedNeXtDownBlock, MedNeXtUpBlock, OutBlock  # noqa: E402
 from .checkpoint_io import load_state_dict_file, save_atomic  # noqa: E402
@@ -23,6 +24,6 @@ def set_backend(model: MedNeXt, name: str) -> MedNeXt:
     return model.set_backend(name)
 
 
-__all__ = ["BACKENDS", "BackendUnavailable", "MedNeXt", "MedNeXtBlock", "MedNeXtDownBlock", "MedNeXtUpBlock",
+__all__ = ["accelerate", "BACKENDS", "BackendUnavailable", "MedNeXt", "MedNeXtBlock", "MedNeXtDownBlock", "MedNeXtUpBlock",
            "OutBlock", "VARIANTS", "convert_state_dict", "create_mednext", "load_state_dict_file",
            "save_atomic", "set_backend", "upkern"]

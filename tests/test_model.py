@@ -146,3 +146,16 @@ def test_bad_constructor_arguments():
         mf.create_mednext("XL", 1, 2)
     with pytest.raises(ValueError, match="kernel_size"):
         mf.create_mednext("S", 1, 2, kernel_size=4)
+
+
+def test_autocast_bf16_runs_and_stays_close_to_fp32():
+    model = tiny_mednext(deep_supervision=True)
+    x = torch.randn(2, 1, 32, 32, 32)
+    ref = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = model(x)
+    assert outs[0].dtype == torch.bfloat16
+    sum(o.float().sum() for o in outs).backward()
+    assert model.stem.weight.grad.dtype == torch.float32  # fp32 master weights
+    for a, b in zip(ref, outs):
+        assert (a - b.float()).abs().max() <= 0.05 * a.abs().max() + 0.05
