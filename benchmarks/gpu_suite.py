@@ -17,11 +17,13 @@ import time
 
 # (name, share of the benchmark budget, arguments of benchmarks.run)
 BENCHMARKS = [
-    ("ops", 0.15, ["--suite", "ops", "--kernels", "3,5,7"]),
-    ("blocks", 0.25, ["--suite", "blocks", "--variants", "B", "--kernels", "3,5,7", "--levels", "0,1,2"]),
-    ("train", 0.45, ["--suite", "train", "--variants", "S,B,M,L", "--kernels", "3,5,7", "--checkpointing", "off,on"]),
+    ("ops", 0.1, ["--suite", "ops", "--kernels", "3,5,7"]),
+    ("blocks", 0.15, ["--suite", "blocks", "--variants", "B", "--kernels", "3,5,7", "--levels", "0,1,2"]),
+    ("train", 0.4, ["--suite", "train", "--variants", "S,B,M,L", "--kernels", "3,5,7", "--checkpointing", "off,on"]),
     ("model", 0.15, ["--suite", "model", "--variants", "S,B,M,L", "--kernels", "3,5,7"]),
 ]
+# The fused-block micro-benchmark (saved-for-backward memory, per-op roofline), its own script.
+BLOCK_FUSED_SHARE = 0.2
 TEST_SHARE = 0.2  # of the whole budget, for the CUDA tests
 
 
@@ -105,6 +107,8 @@ def main(argv=None) -> int:
     if args.dry_run or not found["cuda"]:
         for name, share, extra in BENCHMARKS:
             print(f"[gpu_suite] would run benchmarks.run {' '.join(extra)} for {share * args.budget_s * (1 - TEST_SHARE):.0f} s")
+        print(f"[gpu_suite] would run benchmarks/bench_block_gpu.py --quick for "
+              f"{BLOCK_FUSED_SHARE * args.budget_s * (1 - TEST_SHARE):.0f} s")
         print("[gpu_suite] would run the CUDA tests: pytest tests/kernels (bf16/fp16 on CUDA)")
         return 0
     start = time.time()
@@ -124,6 +128,14 @@ def main(argv=None) -> int:
                "--budget-s", f"{slot * 0.8:.0f}", "--min-time", "0.5"] + extra
         code = run(cmd, os.path.join(args.out, f"{name}.log"), slot + 60)
         print(f"[gpu_suite] {name}: exit code {code}")
+    slot = min(BLOCK_FUSED_SHARE * args.budget_s * (1 - TEST_SHARE), args.budget_s - (time.time() - start) - 15)
+    if found["triton"] and slot >= 20:
+        cmd = [env_python, "benchmarks/bench_block_gpu.py", "--quick", "--budget-s", f"{slot * 0.8:.0f}",
+               "--out", os.path.join(args.out, "block_fused")]
+        code = run(cmd, os.path.join(args.out, "block_fused.log"), slot + 60)
+        print(f"[gpu_suite] block_fused: exit code {code}")
+    else:
+        print("[gpu_suite] skip block_fused: no triton or budget spent")
     table = summary(args.out)
     with open(os.path.join(args.out, "summary.md"), "w") as handle:
         handle.write(f"# GPU suite on {found['device']}\n\n{json.dumps(found)}\n\n{table}\n")

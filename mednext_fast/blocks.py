@@ -125,8 +125,8 @@ class MedNeXtBlock(nn.Module):
         return self._finish(out)
 
 
-class MedNeXtDownBlock(MedNeXtBlock):
-    """2x down-sampling: stride-2 depthwise conv1, optional stride-2 1x1 ``res_conv`` (no identity residual)."""
+class _ResampleBlock(MedNeXtBlock):
+    """A block whose depthwise conv1 resamples by 2 (no identity residual; optional 1x1 ``res_conv``)."""
 
     stride = 2
 
@@ -134,7 +134,7 @@ class MedNeXtDownBlock(MedNeXtBlock):
                  do_res: bool = False, norm_type: str = "group", dim: str = "3d", grn: bool = False):
         super().__init__(in_channels, out_channels, exp_r, kernel_size, do_res=False,
                          norm_type=norm_type, dim=dim, grn=grn)
-        conv = _conv(dim)
+        conv = _conv(dim, transposed=self.transposed)
         self.resample_do_res = do_res
         if do_res:
             self.res_conv = conv(in_channels, out_channels, kernel_size=1, stride=2)
@@ -146,28 +146,19 @@ class MedNeXtDownBlock(MedNeXtBlock):
         return self.res_conv(x) if self.resample_do_res else None
 
 
-class MedNeXtUpBlock(MedNeXtBlock):
+class MedNeXtDownBlock(_ResampleBlock):
+    """2x down-sampling: stride-2 depthwise conv1 (n -> ceil(n/2)); ``res_conv`` is a stride-2 1x1 Conv."""
+
+
+class MedNeXtUpBlock(_ResampleBlock):
     """2x up-sampling: stride-2 depthwise ConvTranspose conv1 (m -> 2m-1), then a one-voxel front pad.
 
-    GroupNorm statistics therefore exclude the padded planes, and every voxel with index 0 on any axis
-    is exactly 0 (the official code pads after the whole block, residual included).
+    ``res_conv`` is a stride-2 1x1 ConvTranspose (weight layout (in, out, 1, 1, 1)). GroupNorm statistics
+    exclude the padded planes, and every voxel with index 0 on any axis is exactly 0 (the official code
+    pads after the whole block, residual included).
     """
 
     transposed = True
-
-    def __init__(self, in_channels: int, out_channels: int, exp_r: int = 4, kernel_size: int = 7,
-                 do_res: bool = False, norm_type: str = "group", dim: str = "3d", grn: bool = False):
-        super().__init__(in_channels, out_channels, exp_r, kernel_size, do_res=False,
-                         norm_type=norm_type, dim=dim, grn=grn)
-        conv_t = _conv(dim, transposed=True)
-        self.resample_do_res = do_res
-        if do_res:
-            self.res_conv = conv_t(in_channels, out_channels, kernel_size=1, stride=2)
-        self.conv1 = conv_t(in_channels, in_channels, kernel_size=kernel_size, stride=2,
-                            padding=kernel_size // 2, groups=in_channels)
-
-    def _residual(self, x):
-        return self.res_conv(x) if self.resample_do_res else None
 
     def _finish(self, out):
         return F.pad(out, (1, 0) * (out.dim() - 2))

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Triton picks its interpreter when the kernels are decorated, i.e. at import: set it before any test
+# module can import mednext_fast.kernels (tests then run the Triton kernels on CPU tensors).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)
