@@ -4,10 +4,19 @@ The repo keeps one idea per top-level folder (kernels/, train/, csrc/); installe
 under the ``mednext_fast`` namespace (``mednext_fast.kernels``, ``mednext_fast.train``) so no generic
 top-level name lands in site-packages. Build with ``pip install --no-build-isolation -e .`` so the
 extension compiles against the torch already installed (an isolated build would fetch another torch).
+
+The C++ extension ``mednext_fast._C`` (csrc/, the 'cpp' backend) is optional: if torch is missing, the
+compiler fails, or ``MEDNEXT_FAST_NO_EXT=1`` is set, the install still succeeds without it and prints a
+warning; ``mednext_fast.cpp_ops.available()`` then says how to build it.
 """
+import os
+import sys
+
 from setuptools import find_packages, setup
 
 PACKAGE_DIRS = {"mednext_fast.kernels": "kernels", "mednext_fast.train": "train"}
+EXT_SOURCES = ["csrc/bind.cpp", "csrc/ops.cpp", "csrc/dispatch.cpp", "csrc/kernels_avx512.cpp",
+               "csrc/kernels_avx2.cpp", "csrc/kernels_default.cpp"]
 
 
 def packages():
@@ -16,6 +25,68 @@ def packages():
         found.append(name)
         found += [f"{name}.{sub}" for sub in find_packages(where=folder)]
     return found
+
+
+def _warn(msg):
+    bar = "=" * 78
+    print(f"\n{bar}\nWARNING (mednext-fast): {msg}\nThe package installs without the C++ 'cpp' backend. "
+          f"Rebuild it with `pip install --no-build-isolation -e .`\n{bar}\n", file=sys.stderr, flush=True)
+
+
+# pip hides a successful build's output, so a failed extension build is also recorded here and
+# reported by mednext_fast.cpp_ops.available().
+FAILURE_NOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mednext_fast", "_C_build_error.txt")
+
+
+def _record_failure(message):
+    try:
+        if message is None:
+            if os.path.exists(FAILURE_NOTE):
+                os.remove(FAILURE_NOTE)
+        else:
+            with open(FAILURE_NOTE, "w") as f:
+                f.write(message.strip()[-2000:] + "\n")
+    except OSError:
+        pass
+
+
+def extension_kwargs():
+    """ext_modules/cmdclass for the C++ extension, or {} when it cannot be attempted."""
+    if os.environ.get("MEDNEXT_FAST_NO_EXT") == "1":
+        _warn("MEDNEXT_FAST_NO_EXT=1: not building the C++ extension.")
+        return {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except Exception as err:  # torch missing (e.g. an isolated build): still install the Python package
+        _warn(f"torch is not importable here ({err}); not building the C++ extension.")
+        return {}
+
+    class OptionalBuildExtension(BuildExtension):
+        """Builds with ninja; a failed build (no compiler, no OpenMP, compile error) only warns."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as err:  # noqa: BLE001 - any build failure must leave an installable package
+                _warn(f"building the C++ extension failed: {err}")
+                self.extensions = []  # nothing to copy into the (editable) wheel
+                _record_failure(f"{type(err).__name__}: {err}")
+            else:
+                _record_failure(None)
+
+        def get_outputs(self):
+            return [p for p in super().get_outputs() if os.path.exists(p)]
+
+    # No -march: the kernels pick AVX-512/AVX2/baseline builds at run time (csrc/dispatch.cpp), so the
+    # binary runs on any x86-64 CPU. -fopenmp makes at::parallel_for run on torch's OpenMP threads.
+    ext = CppExtension(
+        name="mednext_fast._C",
+        sources=EXT_SOURCES,
+        include_dirs=[os.path.abspath("csrc")],
+        extra_compile_args=["-O3", "-fopenmp", "-Wall"],
+        extra_link_args=["-fopenmp"],
+    )
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}}
 
 
 setup(
@@ -30,4 +101,5 @@ setup(
         "test": ["pytest", "monai==1.6.1"],
         "triton": ["triton>=3.6"],
     },
+    **extension_kwargs(),
 )

@@ -7,6 +7,16 @@ if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
 . .venv/bin/activate
+# The embedded real dataset (Colin27 brain, AAL atlas) ships in Debian's mricron-data; without it the
+# main job falls back to synthetic data.
+if ! dpkg -s mricron-data >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        (apt-get update -qq && apt-get install -y -qq mricron-data >/dev/null) \
+            || echo "note: mricron-data could not be installed; the Colin27 dataset is unavailable"
+    else
+        echo "note: for the Colin27 dataset run: sudo apt-get install mricron-data"
+    fi
+fi
 # Pinned: an unpinned torch resolves to a multi-GB CUDA build on these machines.
 pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 pip install -q -r requirements-dev.txt

@@ -1,0 +1,110 @@
+"""Benchmark the C++ ops (mednext_fast.cpp_ops) against the PyTorch references, in one run.
+
+    python -m benchmarks.bench_cpp_ops                 # 1x32x64^3, k3/k5/k7, norm_mlp R=2/4, 2 threads
+    python -m benchmarks.bench_cpp_ops --size 128 --threads 2 --modes stride1,stride2,transposed
+
+"torch ncdhw" / "torch cl3d" run mednext_fast.ops (the reference: F.conv3d + fp32 sums; group-norm apply +
+two 1x1x1 convs + GELU) on NCDHW / channels_last_3d tensors; "cpp" runs cpp_ops on channels_last_3d
+inputs (the layout the model keeps), "cpp ncdhw" on NCDHW inputs (includes the layout copy), "cpp gemm"
+is norm_mlp with the fused narrow-layer MLP turned off (ATen GEMM tiles).
+Speed-up = torch time / cpp time, measured in the same process. Medians of torch.utils.benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch.utils import benchmark
+
+from mednext_fast import cpp_ops, ops
+
+CL = torch.channels_last_3d
+MODES = {"stride1": (1, False), "stride2": (2, False), "transposed": (2, True)}
+
+
+def median_ms(fn, min_time):
+    fn()  # warm-up (allocator, first-touch)
+    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median * 1e3
+
+
+def bench_dwconv(args, rows):
+    for mode in args.modes.split(","):
+        stride, transposed = MODES[mode]
+        for k in args.kernels:
+            x = torch.randn(1, args.channels, *(3 * [args.size]))
+            w = torch.randn(args.channels, 1, k, k, k)
+            b = torch.randn(args.channels)
+            xc = x.contiguous(memory_format=CL)
+            out = cpp_ops.dwconv_stats(xc, w, b, stride, transposed)[0]
+            flop = 2 * out.numel() * k ** 3 / (8 if transposed else 1)  # transposed: 1/8 of the taps hit
+            t = {
+                "torch ncdhw": median_ms(lambda: ops.dwconv_stats(x, w, b, stride, transposed), args.min_time),
+                "torch cl3d": median_ms(lambda: ops.dwconv_stats(xc, w, b, stride, transposed), args.min_time),
+                "cpp": median_ms(lambda: cpp_ops.dwconv_stats(xc, w, b, stride, transposed), args.min_time),
+                "cpp ncdhw": median_ms(lambda: cpp_ops.dwconv_stats(x, w, b, stride, transposed), args.min_time),
+            }
+            rows.append((f"dwconv_stats {mode} k={k}", t, flop / t["cpp"] / 1e6))
+
+
+def bench_norm_mlp(args, rows):
+    from mednext_fast import _C  # built: main() checked cpp_ops.available()
+    c = args.channels
+    for r in args.ratios:
+        y = torch.randn(1, c, *(3 * [args.size]))
+        s1, s2 = y.sum((2, 3, 4)), (y * y).sum((2, 3, 4))
+        p = (torch.randn(c), torch.randn(c), torch.randn(r * c, c, 1, 1, 1) / c ** 0.5, torch.randn(r * c),
+             torch.randn(c, r * c, 1, 1, 1) / (r * c) ** 0.5, torch.randn(c))
+        res = torch.randn_like(y)
+        yc, resc = y.contiguous(memory_format=CL), res.contiguous(memory_format=CL)
+        flop = 2 * 2 * y.numel() * r * c
+        t = {
+            "torch ncdhw": median_ms(lambda: ops.norm_mlp(y, s1, s2, *p, residual=res), args.min_time),
+            "torch cl3d": median_ms(lambda: ops.norm_mlp(yc, s1, s2, *p, residual=resc), args.min_time),
+            "cpp": median_ms(lambda: cpp_ops.norm_mlp(yc, s1, s2, *p, residual=resc), args.min_time),
+            "cpp ncdhw": median_ms(lambda: cpp_ops.norm_mlp(y, s1, s2, *p, residual=res), args.min_time),
+        }
+        # the same op with the fused narrow-layer MLP off (ATen GEMM tiles), to show which wins here
+        before = _C.set_mlp_fused(False)
+        try:
+            t["cpp gemm"] = median_ms(lambda: cpp_ops.norm_mlp(yc, s1, s2, *p, residual=resc), args.min_time)
+        finally:
+            _C.set_mlp_fused(before)
+        rows.append((f"norm_mlp C={c} R={r} +res", t, flop / t["cpp"] / 1e6))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=64, help="cubic spatial size (default 64)")
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--kernels", type=int, nargs="+", default=[3, 5, 7])
+    ap.add_argument("--ratios", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--modes", default="stride1", help="comma list of stride1,stride2,transposed")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-time", type=float, default=0.5, help="seconds per timer (default 0.5)")
+    ap.add_argument("--skip", choices=["dwconv", "norm_mlp"], nargs="*", default=[])
+    args = ap.parse_args(argv)
+    ok, why = cpp_ops.available()
+    if not ok:
+        sys.exit(f"cpp ops unavailable: {why}")
+
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, {why}; 1x{args.channels}x{args.size}^3 fp32, "
+          "median ms (timings on a shared VM are noisy: +-20-40 %, compare ratios within one run)")
+    rows = []
+    with torch.inference_mode():
+        if "dwconv" not in args.skip:
+            bench_dwconv(args, rows)
+        if "norm_mlp" not in args.skip:
+            bench_norm_mlp(args, rows)
+    cols = ["torch ncdhw", "torch cl3d", "cpp", "cpp ncdhw", "cpp gemm"]
+    print(f"| op | {' | '.join(cols)} | vs ncdhw | vs cl3d | cpp GFLOP/s |")
+    print("|---" * (len(cols) + 4) + "|")
+    for name, t, gflops in rows:
+        cells = " | ".join(f"{t[c]:.1f}" if c in t else "-" for c in cols)
+        print(f"| {name} | {cells} | {t['torch ncdhw'] / t['cpp']:.2f}x | {t['torch cl3d'] / t['cpp']:.2f}x "
+              f"| {gflops:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

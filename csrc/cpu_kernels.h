@@ -1,0 +1,87 @@
+// Torch-free CPU kernel interface: depthwise 3-D convolution + GroupNorm statistics, GELU, and the
+// fused narrow-layer MLP.
+//
+// Depthwise conv layouts (all fp32, channels-last so the channel dimension is contiguous and vectorises):
+//   x : (N, Di, Hi, Wi, C)      input
+//   wt: (k, k, k, C)            weight, transposed from PyTorch's (C, 1, k, k, k)
+//   y : (N, Do, Ho, Wo, C)      output
+// Modes: stride 1 or 2 convolution with padding k/2 (PyTorch Conv3d), or stride-2 transposed
+// convolution with padding k/2 and no output padding (PyTorch ConvTranspose3d, output 2n-1 for odd k).
+//
+// The kernels are compiled several times with different target ISAs (kernels_*.cpp) and picked at run
+// time (dispatch.cpp), so a wheel built on any x86-64 machine runs on any other.
+#pragma once
+#include <cstdint>
+
+namespace mednext_fast {
+namespace cpu {
+
+struct DwConvShape {
+  int64_t N = 0, C = 0;
+  int64_t Di = 0, Hi = 0, Wi = 0;  // input spatial size
+  int64_t Do = 0, Ho = 0, Wo = 0;  // output spatial size (see out_size)
+  int k = 3;                       // odd kernel size, 1..7
+  int stride = 1;                  // 1 or 2 (ignored when transposed: always 2)
+  bool transposed = false;
+};
+
+constexpr int kMaxK = 7;
+
+// Output length along one dimension: conv: floor((n + 2p - k)/s) + 1; transposed: (n-1)*2 - 2p + k.
+int64_t out_size(int64_t n, int k, int stride, bool transposed);
+
+// Fills Do/Ho/Wo from the input size and mode; returns false for an impossible configuration.
+bool plan_shape(DwConvShape& s);
+
+// The (tap, input index) pairs that contribute to output coordinate `o` along one dimension.
+// Returns how many (<= k); taps[i] indexes the weight, idx[i] the input.
+int dim_taps(int64_t o, int64_t n_in, int k, int stride, bool transposed, int* taps, int64_t* idx);
+
+// Computes output D-planes [task_begin, task_end), task = n * Do + od, each Ho*Wo*C floats. Adds each
+// plane's per-channel sum and sum of squares into s1/s2 (N*C doubles, caller-owned, not thread-safe:
+// give each thread its own). bias may be null. Uses about k * Hi * (Wi + k) * C floats of scratch.
+void dwconv_planes(const DwConvShape& s, const float* x, const float* wt, const float* bias, float* y,
+                   int64_t task_begin, int64_t task_end, double* s1, double* s2);
+
+// Exact-form GELU 0.5 x (1 + erf(x / sqrt 2)) in place; |error| <= 2e-7 * max(1, |x|) (A&S 7.1.26 erf).
+void gelu_inplace(float* x, int64_t n);
+
+// Fused MLP over nv voxels (channels-last rows): out[v, :] = bc + res[v, :] (res may be null)
+//   + gelu(y[v, :] @ we_t + be) @ wc_t, with we_t (C, RC) and wc_t (RC, Cout) row-major. The hidden
+// stays in registers. Returns false (computing nothing) unless Cout is 16, 32 or 64 and RC % 32 == 0.
+bool mlp_fused(const float* y, int64_t nv, int64_t C, const float* we_t, const float* be, int64_t RC,
+               const float* wc_t, const float* bc, const float* res, float* out, int64_t Cout);
+
+// Which ISA build the kernels use: "avx512", "avx2" or "default". set_isa forces one (for tests and
+// benchmarks; returns false if the CPU lacks it or the name is unknown). Reads MEDNEXT_FAST_CPU_ISA once.
+const char* isa();
+bool set_isa(const char* name);
+
+// Per-ISA entry points (defined in kernels_*.cpp).
+namespace isa_avx512 {
+bool built();  // false where the compiler could not target this ISA
+void dwconv_planes(const DwConvShape&, const float*, const float*, const float*, float*, int64_t, int64_t,
+                   double*, double*);
+void gelu_inplace(float*, int64_t);
+bool mlp_fused(const float*, int64_t, int64_t, const float*, const float*, int64_t, const float*, const float*,
+               const float*, float*, int64_t);
+}
+namespace isa_avx2 {
+bool built();  // false where the compiler could not target this ISA
+void dwconv_planes(const DwConvShape&, const float*, const float*, const float*, float*, int64_t, int64_t,
+                   double*, double*);
+void gelu_inplace(float*, int64_t);
+bool mlp_fused(const float*, int64_t, int64_t, const float*, const float*, int64_t, const float*, const float*,
+               const float*, float*, int64_t);
+}
+namespace isa_default {
+bool built();  // false where the compiler could not target this ISA
+void dwconv_planes(const DwConvShape&, const float*, const float*, const float*, float*, int64_t, int64_t,
+                   double*, double*);
+void gelu_inplace(float*, int64_t);
+bool mlp_fused(const float*, int64_t, int64_t, const float*, const float*, int64_t, const float*, const float*,
+               const float*, float*, int64_t);
+}
+
+}  // namespace cpu
+}  // namespace mednext_fast

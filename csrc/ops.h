@@ -1,0 +1,31 @@
+// ATen-level fused CPU inference ops (see mednext_fast/ops.py for the reference semantics).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace mednext_fast {
+
+// Depthwise conv3d (stride 1/2, or stride-2 transposed) with padding k/2, plus per-(n, c) fp32 sum and
+// sum of squares of the output. x: (N, C, D, H, W) fp32 in any layout; weight (C, 1, k, k, k); bias (C)
+// or none. Returns y (channels_last_3d), s1, s2 (N, C).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x, const at::Tensor& weight,
+                                                            const std::optional<at::Tensor>& bias,
+                                                            int64_t stride, bool transposed);
+
+// GroupNorm(groups=C) from (s1, s2), 1x1x1 expansion, exact GELU, 1x1x1 compression, optional residual.
+// Returns (N, C_out, D, H, W) fp32, channels_last_3d.
+at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor& s2, const at::Tensor& gamma,
+                    const at::Tensor& beta, const at::Tensor& w_expand, const at::Tensor& b_expand,
+                    const at::Tensor& w_compress, const at::Tensor& b_compress,
+                    const std::optional<at::Tensor>& residual, double eps);
+
+// norm_mlp uses the fused register-resident MLP for narrow layers when on (default); returns the old
+// setting. Off forces ATen GEMM tiles everywhere (tests and benchmarks compare both).
+bool set_mlp_fused(bool on);
+
+// Voxels per norm_mlp tile for a hidden width of rc channels (the tile's hidden stays in L2).
+int64_t norm_mlp_tile(int64_t rc);
+
+}  // namespace mednext_fast
