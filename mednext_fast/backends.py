@@ -4,12 +4,11 @@
 * ``triton`` - fused Triton kernels (``mednext_fast.kernels``) on CUDA tensors, forward and backward.
 * ``cpp``    - fused C++ kernels (``mednext_fast._C`` via ``cpp_ops``) on CPU tensors, inference only:
   when autograd needs gradients the block runs the ``torch`` path instead.
-* ``auto``   - decided per call: ``triton`` for CUDA inputs, ``cpp`` for CPU inputs without autograd,
-  each when available, else ``torch``.
+* ``auto``   - decided per call: ``triton`` for CUDA inputs, ``cpp`` for fp32 CPU inputs without
+  autograd, each when available, else ``torch``.
 
-A fused backend runs a block through two ops (``ops.py`` is their reference). Blocks a backend does not
-cover yet (see ``_COVERS``) and, under ``auto``, configurations the fused ops cannot run (2-D, GRN,
-layer norm) use the ``torch`` path.
+A fused backend runs every block (stride 1, down, up) through two ops (``ops.py`` is their reference);
+under ``auto``, configurations the fused ops cannot run (2-D, GRN, layer norm) use the ``torch`` path.
 """
 from __future__ import annotations
 
@@ -24,14 +23,6 @@ BACKENDS = ("auto", "torch", "triton", "cpp")
 
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here; the message says what is missing."""
-
-
-def _covers_triton(block) -> bool:
-    # Stride-1 blocks are fused; the resampling blocks come with the resampling-kernel issue.
-    return block.stride == 1 and not block.transposed
-
-
-_COVERS = {"triton": _covers_triton, "cpp": lambda block: True}
 
 
 def _load_triton():
@@ -110,7 +101,8 @@ def ops_for(block, x: torch.Tensor):
             return None
         if x.is_cuda and is_available("triton"):
             name = "triton"
-        elif x.device.type == "cpu" and is_available("cpp") and not _needs_grad(block, x):
+        elif (x.device.type == "cpu" and x.dtype == torch.float32 and is_available("cpp")
+              and not _needs_grad(block, x)):
             name = "cpp"
         else:
             return None
@@ -123,8 +115,6 @@ def ops_for(block, x: torch.Tensor):
                                "use backend='triton' or 'torch' on GPUs")
         if _needs_grad(block, x):
             return None  # the C++ kernels are inference-only; training runs the reference path
-    if not _COVERS[name](block):
-        return None
     return load_ops(name)
 
 

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import pytest
@@ -7,6 +8,13 @@ import torch
 # module can import mednext_fast.kernels (tests then run the Triton kernels on CPU tensors).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Triton's own @jit helpers (tl.zeros, ...) bind to the interpreter when triton is first imported; import it
+# now, while the setting holds, since some tests hide TRITON_INTERPRET to check the backend's error.
+if importlib.util.find_spec("triton") is not None:
+    try:
+        import triton.language  # noqa: F401
+    except Exception:  # a broken install is reported by the backend tests themselves
+        pass
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,6 @@ def reference_ops_as_triton(monkeypatch):
 
     fake = types.SimpleNamespace(dwconv_stats=ops.dwconv_stats, norm_mlp=norm_mlp)
     monkeypatch.setitem(backends._LOADERS, "triton", lambda: fake)
-    monkeypatch.setitem(backends._COVERS, "triton", lambda block: True)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     backends.clear_cache()
     yield calls

@@ -35,15 +35,23 @@ def cases(everything: bool):
         cfg = dw._blocks(2, 32, 128 ** 3, False)
         blocks = dict(BS=cfg["BS"], BC=cfg["BC"])
         conv_sig = dict(x_ptr=f"*{dt}", w_ptr="*fp32", b_ptr="*fp32", y_ptr=f"*{dt}", s1_ptr="*fp32",
-                        s2_ptr="*fp32", C="i32", D="i32", H="i32", W="i32", S="i32", TILES="i32")
+                        s2_ptr="*fp32", C="i32", DI="i32", HI="i32", WI="i32", SI="i32", DO="i32", HO="i32",
+                        WO="i32", SO="i32", DQ="i32", HQ="i32", WQ="i32", TILES="i32")
+        wgrad_sig = dict(a_ptr=f"*{dt}", b_ptr=f"*{dt}", dw_ptr="*fp32", C="i32", DA="i32", HA="i32", WA="i32",
+                         SA="i32", DB="i32", HB="i32", WB="i32", SB="i32", TILES="i32")
+        # Every conv launch as (name, STRIDE, TRANSPOSED, forward with bias + statistics?): the forward of each
+        # mode and its dgrad (the transposed mapping: stride 1 flipped, down -> transposed, up -> stride 2).
+        convs = (("stride1 fwd", 1, False, True), ("stride1 dgrad", 1, True, False),
+                 ("down fwd", 2, False, True), ("down dgrad", 2, True, False),
+                 ("up fwd", 2, True, True), ("up dgrad", 2, False, False))
         for k in ((3, 5, 7) if everything else (7,)):
-            yield (f"dwconv fwd {dt} k{k}", dw._dwconv_kernel, conv_sig,
-                   dict(K=k, SIGN=1, HAS_BIAS=True, STATS=True, **blocks), cfg["warps"], 3)
-            yield (f"dwconv dgrad {dt} k{k}", dw._dwconv_kernel, conv_sig,
-                   dict(K=k, SIGN=-1, HAS_BIAS=False, STATS=False, **blocks), cfg["warps"], 3)
-            yield (f"dwconv wgrad {dt} k{k}", dw._wgrad_kernel,
-                   dict(x_ptr=f"*{dt}", g_ptr=f"*{dt}", dw_ptr="*fp32", C="i32", D="i32", H="i32", W="i32",
-                        S="i32", TILES="i32"), dict(K=k, NSUB=cfg["NSUB"], **blocks), cfg["warps"], 3)
+            for name, stride, transposed, fwd in convs:
+                yield (f"dwconv {name} {dt} k{k}", dw._dwconv_kernel, conv_sig,
+                       dict(K=k, STRIDE=stride, TRANSPOSED=transposed, HAS_BIAS=fwd, STATS=fwd, **blocks),
+                       cfg["warps"], 3)
+            for stride in (1, 2):
+                yield (f"dwconv wgrad stride{stride} {dt} k{k}", dw._wgrad_kernel, wgrad_sig,
+                       dict(K=k, STRIDE=stride, NSUB=cfg["NSUB"], **blocks), cfg["warps"], 3)
         yield (f"dwconv grad-total {dt}", dw._grad_total_kernel,
                dict(gy_ptr=f"*{dt}", y_ptr=f"*{dt}", a_ptr="*fp32", b_ptr="*fp32", g_ptr=f"*{dt}", db_ptr="*fp32",
                     C="i32", S="i32", TILES="i32"), blocks, cfg["warps"], 3)

@@ -135,13 +135,6 @@ def test_rejects_bad_input(make, err, match):
         dwconv_stats(x.to(DEVICE), w.to(DEVICE), None if b is None else b.to(DEVICE))
 
 
-@pytest.mark.parametrize("kw", [dict(stride=2), dict(transposed=True)])
-def test_resampling_is_not_in_this_kernel(kw):
-    x, w = torch.randn(1, 2, 4, 4, 4, device=DEVICE), torch.randn(2, 1, 3, 3, 3, device=DEVICE)
-    with pytest.raises(NotImplementedError, match="resampling-block issue"):
-        dwconv_stats(x, w, None, **kw)
-
-
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("k", [3, 5, 7])

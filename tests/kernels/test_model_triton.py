@@ -1,4 +1,4 @@
-"""The whole model on backend='triton' (stride-1 blocks fused) equals the torch backend: outputs and gradients."""
+"""The whole model on backend='triton' (every block fused) equals the torch backend: outputs and gradients."""
 import torch
 
 import mednext_fast as mf
