@@ -100,6 +100,8 @@ setup(
     extras_require={
         "test": ["pytest", "monai==1.6.1"],
         "triton": ["triton>=3.6"],
+        "train": ["nibabel", "scipy", "tqdm", "matplotlib"],
     },
+    entry_points={"console_scripts": ["mednext-train = mednext_fast.train.run:main"]},
     **extension_kwargs(),
 )

@@ -23,5 +23,6 @@ pip install -q -r requirements-dev.txt
 # No build isolation: the extension must compile against the torch installed above.
 pip install -q --no-build-isolation -e .
 if [ "${1:-}" != "--no-run" ]; then
-    python -m mednext_fast
+    # The main job: train MedNeXt on the embedded dataset with the CPU demo preset (a few minutes).
+    python train/run.py
 fi
