@@ -33,3 +33,22 @@ def test_tiny_model_outputs_and_every_gradient_match_torch_backend():
             assert p.grad.abs().max() < 1e-4 * scale, name
             continue
         assert (p.grad - q.grad).norm() <= 5e-4 * q.grad.norm(), name
+
+
+def test_checkpointing_on_top_of_the_triton_backend():
+    plain = tiny_mednext(backend="torch")
+    ckpt = tiny_mednext(backend="torch", checkpoint_style="outside_block")
+    ckpt.load_state_dict(plain.state_dict())
+    mf.set_backend(plain, "triton")
+    mf.set_backend(ckpt, "triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(1, 1, 32, 32, 32, device=device)
+    outs = []
+    for model in (plain.to(device), ckpt.to(device)):
+        out = model(x)
+        (out * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum().backward()
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(ckpt.named_parameters(), plain.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
