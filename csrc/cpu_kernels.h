@@ -57,31 +57,19 @@ bool mlp_fused(const float* y, int64_t nv, int64_t C, const float* we_t, const f
 const char* isa();
 bool set_isa(const char* name);
 
-// Per-ISA entry points (defined in kernels_*.cpp).
-namespace isa_avx512 {
-bool built();  // false where the compiler could not target this ISA
-void dwconv_planes(const DwConvShape&, const float*, const float*, const float*, float*, int64_t, int64_t,
-                   double*, double*);
-void gelu_inplace(float*, int64_t);
-bool mlp_fused(const float*, int64_t, int64_t, const float*, const float*, int64_t, const float*, const float*,
-               const float*, float*, int64_t);
-}
-namespace isa_avx2 {
-bool built();  // false where the compiler could not target this ISA
-void dwconv_planes(const DwConvShape&, const float*, const float*, const float*, float*, int64_t, int64_t,
-                   double*, double*);
-void gelu_inplace(float*, int64_t);
-bool mlp_fused(const float*, int64_t, int64_t, const float*, const float*, int64_t, const float*, const float*,
-               const float*, float*, int64_t);
-}
-namespace isa_default {
-bool built();  // false where the compiler could not target this ISA
-void dwconv_planes(const DwConvShape&, const float*, const float*, const float*, float*, int64_t, int64_t,
-                   double*, double*);
-void gelu_inplace(float*, int64_t);
-bool mlp_fused(const float*, int64_t, int64_t, const float*, const float*, int64_t, const float*, const float*,
-               const float*, float*, int64_t);
-}
+// Per-ISA entry points (defined in kernels_*.cpp through isa_build.inc); built() is false where the
+// compiler could not target that ISA.
+#define MNF_ISA_ENTRY_POINTS                                                                              \
+    bool built();                                                                                         \
+    void dwconv_planes(const DwConvShape&, const float*, const float*, const float*, float*, int64_t,     \
+                       int64_t, double*, double*);                                                        \
+    void gelu_inplace(float*, int64_t);                                                                   \
+    bool mlp_fused(const float*, int64_t, int64_t, const float*, const float*, int64_t, const float*,     \
+                   const float*, const float*, float*, int64_t);
+namespace isa_avx512 { MNF_ISA_ENTRY_POINTS }
+namespace isa_avx2 { MNF_ISA_ENTRY_POINTS }
+namespace isa_default { MNF_ISA_ENTRY_POINTS }
+#undef MNF_ISA_ENTRY_POINTS
 
 }  // namespace cpu
 }  // namespace mednext_fast

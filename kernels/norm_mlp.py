@@ -18,7 +18,7 @@ Low precision: under autocast the matmul operands are the activation dtype (the 
 call, as autocast would; fp32 masters untouched and their gradients fp32), accumulation is fp32, and pre-activation / hidden / output are rounded where the
 PyTorch reference rounds them. In the Triton interpreter every dot runs in fp32 (its bf16 dot is broken).
 """
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import triton
@@ -243,9 +243,26 @@ def _weights(w_expand, w_compress, c, co, act: torch.dtype, dot):
     return prep(w_expand, (rc, c)), prep(w_compress, (co, rc))
 
 
-def _forward(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps):
+class _Launch(NamedTuple):
+    """What the forward and backward launches share: sizes, dtypes, cast weights, tiles, GroupNorm affine."""
+    n: int
+    c: int
+    spatial: tuple
+    s: int
+    act: object
+    dot: object
+    ieee: bool
+    w1: torch.Tensor
+    w2: torch.Tensor
+    rc: int
+    co: int
+    cfg: dict
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+
+def _launch(y, s1, s2, gamma, beta, w_expand, w_compress, eps) -> _Launch:
     n, c = y.shape[:2]
-    spatial = tuple(y.shape[2:])
     s = y[0, 0].numel()
     interp = interpreting(y)
     act, dot, ieee = _dtypes(y.dtype, interp)
@@ -253,12 +270,23 @@ def _forward(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress,
     rc, co = w1.shape[0], w2.shape[0]
     cfg = _blocks(c, rc, co, s, interp, w1.element_size())
     _, _, _, scale, shift = _affine(s1.float(), s2.float(), gamma, beta, s, eps)
-    out_dtype = y.dtype if residual is None else torch.promote_types(y.dtype, residual.dtype)
-    out = channels_last_empty(n, co, spatial, out_dtype, y.device)
+    return _Launch(n, c, tuple(y.shape[2:]), s, act, dot, ieee, w1, w2, rc, co, cfg,
+                   scale.contiguous(), shift.contiguous())
+
+
+def _out_dtype(y, residual):
+    # As ``out + residual`` would promote.
+    return y.dtype if residual is None else torch.promote_types(y.dtype, residual.dtype)
+
+
+def _forward(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps):
+    n, c, spatial, s, act, dot, ieee, w1, w2, rc, co, cfg, scale, shift = _launch(
+        y, s1, s2, gamma, beta, w_expand, w_compress, eps)
+    out = channels_last_empty(n, co, spatial, _out_dtype(y, residual), y.device)
     res_rows = to_rows(residual) if residual is not None else out
     tiles = triton.cdiv(s, cfg["BM"])
     grid = (n * tiles, triton.cdiv(co, cfg["BCO"]))
-    _fwd_kernel[grid](to_rows(y), scale.contiguous(), shift.contiguous(), w1, b_expand.detach().float().contiguous(),
+    _fwd_kernel[grid](to_rows(y), scale, shift, w1, b_expand.detach().float().contiguous(),
                       w2, b_compress.detach().float().contiguous(), res_rows,
                       out.permute(0, *range(2, len(spatial) + 2), 1), s, c, rc, co, tiles,
                       HAS_RES=residual is not None, ACT=act, DOT=dot, IEEE=ieee, BM=cfg["BM"], BCI=cfg["BCI"],
@@ -267,18 +295,10 @@ def _forward(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress,
 
 
 def _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, eps):
-    n, c = y.shape[:2]
-    spatial = tuple(y.shape[2:])
-    s = y[0, 0].numel()
-    interp = interpreting(y)
-    act, dot, ieee = _dtypes(y.dtype, interp)
-    w1, w2 = _weights(w_expand, w_compress, c, w_compress.shape[0], y.dtype, dot)
-    rc, co = w1.shape[0], w2.shape[0]
-    cfg = _blocks(c, rc, co, s, interp, w1.element_size())
+    n, c, spatial, s, act, dot, ieee, w1, w2, rc, co, cfg, scale, shift = _launch(
+        y, s1, s2, gamma, beta, w_expand, w_compress, eps)
     bm, bh, bci = cfg["BM"], cfg["BH"], cfg["BCI"]
     bco = max(16, next_pow2(co))  # the backward keeps every output channel of a row tile
-    _, _, _, scale, shift = _affine(s1.float(), s2.float(), gamma, beta, s, eps)
-    scale, shift = scale.contiguous(), shift.contiguous()
     y_rows, go_rows = to_rows(y), to_rows(grad_out)
     b1 = b_expand.detach().float().contiguous()
     tiles = triton.cdiv(s, bm)
@@ -319,8 +339,8 @@ def _norm_mlp_op(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, gamma: tor
 
 @_norm_mlp_op.register_fake
 def _(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps):
-    out_dtype = y.dtype if residual is None else torch.promote_types(y.dtype, residual.dtype)
-    return channels_last_empty(y.shape[0], w_compress.shape[0], tuple(y.shape[2:]), out_dtype, y.device)
+    return channels_last_empty(y.shape[0], w_compress.shape[0], tuple(y.shape[2:]), _out_dtype(y, residual),
+                               y.device)
 
 
 @torch.library.custom_op("mednext_fast::norm_mlp_backward", mutates_args=())
