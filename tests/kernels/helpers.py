@@ -46,3 +46,10 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def assert_close_rel(got, want, tol, what=""):
     err = max_rel(got, want)
     assert err <= tol, f"{what}: relative max error {err:.3g} > {tol:.1g}"
+
+
+def assert_within_reference_error(tested, same_dtype_ref, fp32_ref, factor, what=""):
+    """Low-precision rule: the kernel's error against fp32 is at most ``factor`` x that of PyTorch's own
+    run in the same dtype (2 for outputs, 4 for gradients)."""
+    err, ref_err = max_rel(tested, fp32_ref), max_rel(same_dtype_ref, fp32_ref)
+    assert err <= factor * ref_err + 1e-6, f"{what}: error {err:.3g} > {factor} x PyTorch's {ref_err:.3g}"
