@@ -25,7 +25,7 @@ def add_ratios(rows: list) -> None:
             row["memory_vs_eager"] = row["peak_extra_bytes"] / base["peak_extra_bytes"]
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
@@ -33,7 +33,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def write_json(path: str, info: dict, args: dict, rows: list) -> None:
-    _write_atomic(path, json.dumps(dict(environment=info, arguments=args, results=rows), indent=1, default=str))
+    write_text_atomic(path, json.dumps(dict(environment=info, arguments=args, results=rows), indent=1, default=str))
 
 
 def _fmt_case(case: tuple) -> str:

@@ -180,8 +180,7 @@ def main(argv=None) -> int:
     report.add_ratios(rows)
     report.write_json(os.path.join(out, "results.json"), info, vars(args), rows)
     table = report.markdown(info, rows, args.columns)
-    with open(os.path.join(out, "results.md"), "w") as handle:
-        handle.write(table + "\n")
+    report.write_text_atomic(os.path.join(out, "results.md"), table + "\n")
     plots = report.plot(out, rows, args.columns)
     print(table)
     print(f"wrote {out}/results.json, results.md" + "".join(f", {os.path.basename(p)}" for p in plots))

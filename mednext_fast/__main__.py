@@ -11,14 +11,15 @@ from . import backends
 from .configs import KERNEL_SIZES, VARIANTS, create_mednext
 
 
-def count_gmacs(variant: str, kernel: int, size: int) -> float:
-    """Multiply-accumulates of one forward on a 1x1xsize^3 patch (the paper's "GFlops"), on the meta device."""
+def params_and_gmacs(variant: str, kernel: int, size: int) -> tuple[int, float]:
+    """Parameters and multiply-accumulates of one forward on a 1x1xsize^3 patch (the paper's "GFlops"),
+    counted on the meta device (no memory, no compute)."""
     with torch.device("meta"):
         model = create_mednext(variant, 1, 13, kernel_size=kernel, backend="torch")
         x = torch.empty(1, 1, size, size, size)
     with FlopCounterMode(display=False) as counter:
         model(x)
-    return counter.get_total_flops() / 2e9
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 2e9
 
 
 def main(argv=None) -> None:
@@ -43,9 +44,8 @@ def main(argv=None) -> None:
     print(f"{'variant':>7} {'kernel':>6} {'params':>12} {'GMACs':>8}")
     for v in variants:
         for k in kernels:
-            with torch.device("meta"):
-                n = sum(p.numel() for p in create_mednext(v, 1, 13, kernel_size=k, backend="torch").parameters())
-            print(f"{v:>7} {k:>6} {n:>12,} {count_gmacs(v, k, args.macs_size):>8.1f}")
+            n, gmacs = params_and_gmacs(v, k, args.macs_size)
+            print(f"{v:>7} {k:>6} {n:>12,} {gmacs:>8.1f}")
 
     variant, kernel = args.run.split(":")
     model = create_mednext(variant, 1, 13, kernel_size=int(kernel), deep_supervision=True).eval()
