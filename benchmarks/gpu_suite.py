@@ -2,29 +2,41 @@
 
     python -m benchmarks.gpu_suite OUT_DIR [--budget-s 480] [--dry-run]
 
-Everything lands under OUT_DIR (test log, one results folder per benchmark, summary.md); a summary table
-is printed last. Missing pieces (no CUDA, no Triton, no C++ extension, no MONAI) are skipped with a line
+Everything lands under OUT_DIR (test log, one results folder and log per benchmark, summary.md); a
+summary table is printed last. The benchmarks run most wanted first (train steps of S/B, then the
+forward of every variant, ...) so a short budget trims the least wanted. Missing pieces (no CUDA, no Triton, no C++ extension, no MONAI) are skipped with a line
 that says so. --dry-run (or no CUDA) only reports what would run and what would be skipped.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
 
-# (name, share of the benchmark budget, arguments of benchmarks.run)
+# Run in this order, most wanted first; each gets weight / (weights still to run) of the time left, so
+# time one step leaves unused rolls on to the next. (name, weight, arguments of benchmarks.run)
 BENCHMARKS = [
-    ("ops", 0.1, ["--suite", "ops", "--kernels", "3,5,7"]),
-    ("blocks", 0.15, ["--suite", "blocks", "--variants", "B", "--kernels", "3,5,7", "--levels", "0,1,2"]),
-    ("train", 0.4, ["--suite", "train", "--variants", "S,B,M,L", "--kernels", "3,5,7", "--checkpointing", "off,on"]),
-    ("model", 0.15, ["--suite", "model", "--variants", "S,B,M,L", "--kernels", "3,5,7"]),
+    ("train", 0.25, ["--suite", "train", "--variants", "S,B", "--kernels", "3,5,7", "--checkpointing", "off",
+                     "--columns", "eager,eager_cl3d,monai,triton"]),
+    ("model", 0.15, ["--suite", "model", "--variants", "S,B,M,L", "--kernels", "3,5,7",
+                     "--columns", "eager,eager_cl3d,monai,triton"]),
+    ("train_ml", 0.15, ["--suite", "train", "--variants", "M,L", "--kernels", "3,5,7", "--checkpointing", "off",
+                        "--columns", "eager,monai,triton"]),
+    ("train_ckpt", 0.08, ["--suite", "train", "--variants", "S,B", "--kernels", "3,5,7", "--checkpointing", "on",
+                          "--columns", "eager,triton"]),
+    ("ops", 0.07, ["--suite", "ops", "--kernels", "3,5,7", "--levels", "0,2,4", "--columns", "eager,triton"]),
+    ("compile", 0.18, ["--suite", "model,train", "--variants", "B", "--kernels", "3,5", "--checkpointing", "off",
+                       "--columns", "eager,compile,triton"]),
 ]
-# The fused-block micro-benchmark (saved-for-backward memory, per-op roofline), its own script.
-BLOCK_FUSED_SHARE = 0.2
-TEST_SHARE = 0.2  # of the whole budget, for the CUDA tests
+# The fused-block micro-benchmark (saved-for-backward memory, per-op roofline), its own script; between
+# ops and compile, which is last because its compile times are the least predictable.
+BLOCK_FUSED = ("block_fused", 0.12, ["--quick", "--columns", "triton,triton_cl,eager,eager_cl,triton_dw,triton_mlp"])
+TEST_SHARE = 0.22  # of the whole budget, for the CUDA tests
+TESTS = ["tests/kernels", "tests/test_backends.py", "tests/test_accelerate.py"]
 
 
 def probe() -> dict:
@@ -71,6 +83,26 @@ def run(cmd: list, log_path: str, timeout_s: float) -> int:
             return 124
 
 
+def test_command(python: str) -> list:
+    """The CUDA tests, spread over a few processes (Triton compiles dominate) when pytest-xdist is there."""
+    cmd = [python, "-m", "pytest", "-q", "-rfE", *TESTS, "--deselect", "tests/kernels/test_sm90_compile.py"]
+    if importlib.util.find_spec("xdist"):
+        cmd += ["-n", "6"]
+    if importlib.util.find_spec("pytest_timeout"):
+        cmd += ["--timeout", "150"]
+    return cmd
+
+
+def steps() -> list:
+    """(name, weight, command without --out/--budget-s) in running order."""
+    python = sys.executable
+    plan_ = [(name, weight, [python, "-m", "benchmarks.run", "--device", "cuda", "--min-time", "0.5", *extra])
+             for name, weight, extra in BENCHMARKS]
+    name, weight, extra = BLOCK_FUSED
+    plan_.insert(len(plan_) - 1, (name, weight, [python, "benchmarks/bench_block_gpu.py", *extra]))
+    return plan_
+
+
 def summary(out: str) -> str:
     """A short table: speed-up and memory of each column vs eager, per benchmark case."""
     lines = ["| benchmark | case | column | median ms | speed-up vs eager | memory vs eager |", "|---|---|---|---|---|---|"]
@@ -82,10 +114,13 @@ def summary(out: str) -> str:
         with open(path) as handle:
             rows = json.load(handle)["results"]
         for row in rows:
-            if row["column"] == "eager" or not row.get("median_s"):
+            if row["column"] == "eager":
                 continue
             case = " ".join(f"{k}={row[k]}" for k in ("variant", "kernel", "level", "op", "mode", "checkpointing")
                             if row.get(k) is not None)
+            if not row.get("median_s"):
+                lines.append(f"| {name} | {case} | {row['column']} | {row.get('skipped', '')[:70]} | | |")
+                continue
             speed = f"{row['speedup_vs_eager']:.2f}x" if row.get("speedup_vs_eager") else ""
             memory = f"{row['memory_vs_eager']:.2f}" if row.get("memory_vs_eager") else ""
             lines.append(f"| {name} | {case} | {row['column']} | {row['median_s'] * 1e3:.2f} | {speed} | {memory} |")
@@ -104,38 +139,35 @@ def main(argv=None) -> int:
     print(f"[gpu_suite] {found}")
     for line in plan(found):
         print(f"[gpu_suite] skip {line}")
+    test_s = TEST_SHARE * args.budget_s
     if args.dry_run or not found["cuda"]:
-        for name, share, extra in BENCHMARKS:
-            print(f"[gpu_suite] would run benchmarks.run {' '.join(extra)} for {share * args.budget_s * (1 - TEST_SHARE):.0f} s")
-        print(f"[gpu_suite] would run benchmarks/bench_block_gpu.py --quick for "
-              f"{BLOCK_FUSED_SHARE * args.budget_s * (1 - TEST_SHARE):.0f} s")
-        print("[gpu_suite] would run the CUDA tests: pytest tests/kernels (bf16/fp16 on CUDA)")
+        print(f"[gpu_suite] would run the CUDA tests for at most {test_s:.0f} s: {' '.join(test_command('python'))}")
+        for name, weight, cmd in steps():
+            print(f"[gpu_suite] would run {name} (weight {weight}): {' '.join(cmd[1:])}")
         return 0
     start = time.time()
-    env_python = sys.executable
-    log = os.path.join(args.out, "tests.log")
     if found["triton"]:
-        code = run([env_python, "-m", "pytest", "-q", "-x", "tests/kernels", "tests/test_backends.py"],
-                   log, TEST_SHARE * args.budget_s)
+        log = os.path.join(args.out, "tests.log")
+        code = run(test_command(sys.executable), log, test_s)
         print(f"[gpu_suite] CUDA tests exit code {code} (log: {log})")
-    for name, share, extra in BENCHMARKS:
-        left = args.budget_s - (time.time() - start)
-        slot = min(share * args.budget_s * (1 - TEST_SHARE), left - 15)
+        with open(log) as handle:
+            print("".join(handle.readlines()[-25:]), flush=True)
+    todo = steps()
+    while todo:
+        name, weight, cmd = todo.pop(0)
+        left = args.budget_s - (time.time() - start) - 10
+        slot = left * weight / (weight + sum(w for _, w, _ in todo))
         if slot < 20:
             print(f"[gpu_suite] skip {name}: budget spent")
             continue
-        cmd = [env_python, "-m", "benchmarks.run", "--device", "cuda", "--out", os.path.join(args.out, name),
-               "--budget-s", f"{slot * 0.8:.0f}", "--min-time", "0.5"] + extra
-        code = run(cmd, os.path.join(args.out, f"{name}.log"), slot + 60)
-        print(f"[gpu_suite] {name}: exit code {code}")
-    slot = min(BLOCK_FUSED_SHARE * args.budget_s * (1 - TEST_SHARE), args.budget_s - (time.time() - start) - 15)
-    if found["triton"] and slot >= 20:
-        cmd = [env_python, "benchmarks/bench_block_gpu.py", "--quick", "--budget-s", f"{slot * 0.8:.0f}",
-               "--out", os.path.join(args.out, "block_fused")]
-        code = run(cmd, os.path.join(args.out, "block_fused.log"), slot + 60)
-        print(f"[gpu_suite] block_fused: exit code {code}")
-    else:
-        print("[gpu_suite] skip block_fused: no triton or budget spent")
+        if name == BLOCK_FUSED[0] and not found["triton"]:
+            print(f"[gpu_suite] skip {name}: no triton")
+            continue
+        # The runner stops starting cells at 80 % of the slot; the kill at the slot's end keeps the
+        # results written so far (benchmarks.run writes its JSON after every cell).
+        cmd = cmd + ["--out", os.path.join(args.out, name), "--budget-s", f"{slot * 0.8:.0f}"]
+        code = run(cmd, os.path.join(args.out, f"{name}.log"), slot)
+        print(f"[gpu_suite] {name}: exit code {code} after {time.time() - start:.0f} s", flush=True)
     table = summary(args.out)
     with open(os.path.join(args.out, "summary.md"), "w") as handle:
         handle.write(f"# GPU suite on {found['device']}\n\n{json.dumps(found)}\n\n{table}\n")

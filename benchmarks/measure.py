@@ -1,8 +1,8 @@
 """Timing and peak-memory measurement: medians and spread, never single runs.
 
-CPU: torch.utils.benchmark's blocked_autorange; peak resident memory from the kernel's high-water mark
-(VmHWM), reset before each measurement through /proc/self/clear_refs. CUDA: triton.testing.do_bench
-(or CUDA events when Triton is missing) and the caching allocator's peak.
+CPU: wall clock around each run; peak resident memory from the kernel's high-water mark (VmHWM), reset
+before each measurement through /proc/self/clear_refs. CUDA: CUDA events around each run, L2 flushed
+between runs, and the caching allocator's peak.
 """
 from __future__ import annotations
 
@@ -77,17 +77,18 @@ def _cpu_times(fn, min_time_s: float, max_runs: int) -> list:
 
 
 def _cuda_times(fn, min_time_s: float, max_runs: int) -> list:
-    try:
-        from triton.testing import do_bench
-        # do_bench flushes L2 between runs and returns all samples in ms.
-        return [t / 1e3 for t in do_bench(fn, warmup=25, rep=int(min_time_s * 1e3), return_mode="all")]
-    except ImportError:
-        times = []
-        for _ in range(max_runs):
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(begin.elapsed_time(end) / 1e3)
-        return times
+    """CUDA events around each run (the first call already warmed up and compiled), L2 flushed between runs
+    so small cases are not timed out of cache. Stops after min_time_s and at least 3 runs: a 1 s train step
+    gets 3 samples, where do_bench's 5-run estimate would leave it one."""
+    flush = torch.empty(256 * 2 ** 20, dtype=torch.int8, device="cuda")  # larger than an H100/H200 L2
+    times, spent = [], 0.0
+    while (spent < min_time_s or len(times) < 3) and len(times) < max_runs:
+        flush.zero_()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) / 1e3)
+        spent += times[-1]
+    return times

@@ -138,6 +138,14 @@ def annotate(row, suite, case, extra, args, info):
         row["paper_epoch_s"] = cases.PAPER_EPOCH_S.get((case["variant"], case["kernel"]))
 
 
+def write_results(out, info, args, rows) -> str:
+    report.add_ratios(rows)
+    report.write_json(os.path.join(out, "results.json"), info, vars(args), rows)
+    table = report.markdown(info, rows, args.columns)
+    report.write_text_atomic(os.path.join(out, "results.md"), table + "\n")
+    return table
+
+
 def default_out(info) -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", info["name"]).strip("-")[:40]
     return os.path.join("benchmarks", "results", f"{info['device']}-{slug}-{datetime.date.today():%Y%m%d}")
@@ -169,7 +177,7 @@ def main(argv=None) -> int:
                 row.update(measure.measure(fn, args.device, args.min_time))
             except cases.Skip as why:
                 row["skipped"] = str(why)
-            except (RuntimeError, ValueError, NotImplementedError) as err:  # e.g. out of memory
+            except Exception as err:  # e.g. out of memory or a kernel that fails to compile: keep going
                 row["skipped"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
             annotate(row, suite, case, extra, args, info)
         rows.append(row)
@@ -177,10 +185,8 @@ def main(argv=None) -> int:
         gc.collect()
         if args.device == "cuda":
             torch.cuda.empty_cache()
-    report.add_ratios(rows)
-    report.write_json(os.path.join(out, "results.json"), info, vars(args), rows)
-    table = report.markdown(info, rows, args.columns)
-    report.write_text_atomic(os.path.join(out, "results.md"), table + "\n")
+        write_results(out, info, args, rows)  # after every cell: a killed run keeps what it measured
+    table = write_results(out, info, args, rows)
     plots = report.plot(out, rows, args.columns)
     print(table)
     print(f"wrote {out}/results.json, results.md" + "".join(f", {os.path.basename(p)}" for p in plots))
