@@ -23,6 +23,10 @@ struct DwConvShape {
   int k = 3;                       // odd kernel size, 1..7
   int stride = 1;                  // 1 or 2 (ignored when transposed: always 2)
   bool transposed = false;
+  // Output D-planes [d_begin, d_begin + d_count) of each sample are computed and stored (y holds only
+  // those, d_count planes per sample); plan_shape sets the whole range. Chunks of planes let a caller
+  // compute a large output piece by piece.
+  int64_t d_begin = 0, d_count = 0;
 };
 
 constexpr int kMaxK = 7;
@@ -30,14 +34,16 @@ constexpr int kMaxK = 7;
 // Output length along one dimension: conv: floor((n + 2p - k)/s) + 1; transposed: (n-1)*2 - 2p + k.
 int64_t out_size(int64_t n, int k, int stride, bool transposed);
 
-// Fills Do/Ho/Wo from the input size and mode; returns false for an impossible configuration.
+// Fills Do/Ho/Wo from the input size and mode and selects every output plane (d_begin = 0,
+// d_count = Do); returns false for an impossible configuration.
 bool plan_shape(DwConvShape& s);
 
 // The (tap, input index) pairs that contribute to output coordinate `o` along one dimension.
 // Returns how many (<= k); taps[i] indexes the weight, idx[i] the input.
 int dim_taps(int64_t o, int64_t n_in, int k, int stride, bool transposed, int* taps, int64_t* idx);
 
-// Computes output D-planes [task_begin, task_end), task = n * Do + od, each Ho*Wo*C floats. Adds each
+// Computes tasks [task_begin, task_end), task = n * d_count + (od - d_begin) for the selected output
+// D-planes od, each stored at y + task * Ho*Wo*C. Adds each
 // plane's per-channel sum and sum of squares into s1/s2 (N*C doubles, caller-owned, not thread-safe:
 // give each thread its own). bias may be null. Uses about k * Hi * (Wi + k) * C floats of scratch.
 void dwconv_planes(const DwConvShape& s, const float* x, const float* wt, const float* bias, float* y,

@@ -22,6 +22,8 @@ bool plan_shape(DwConvShape& s) {
   s.Do = out_size(s.Di, s.k, s.stride, s.transposed);
   s.Ho = out_size(s.Hi, s.k, s.stride, s.transposed);
   s.Wo = out_size(s.Wi, s.k, s.stride, s.transposed);
+  s.d_begin = 0;
+  s.d_count = s.Do;
   return s.Do > 0 && s.Ho > 0 && s.Wo > 0;
 }
 

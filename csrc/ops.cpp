@@ -2,6 +2,7 @@
 // torch.get_num_threads()), and the norm_mlp tiles built on ATen's GEMM.
 #include "ops.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <c10/core/GradMode.h>
@@ -56,7 +57,8 @@ bool set_mlp_fused(bool on) { return g_mlp_fused.exchange(on); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x, const at::Tensor& weight,
                                                             const std::optional<at::Tensor>& bias,
-                                                            int64_t stride, bool transposed) {
+                                                            int64_t stride, bool transposed,
+                                                            int64_t plane_begin, int64_t plane_end) {
   check_cpu_f32(x, "x");
   check_cpu_f32(weight, "weight");
   TORCH_CHECK(x.dim() == 5, "dwconv_stats: x must be (N, C, D, H, W), got shape ", x.sizes());
@@ -82,11 +84,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x,
   s.stride = transposed ? 2 : static_cast<int>(stride);
   s.transposed = transposed;
   TORCH_CHECK(cpu::plan_shape(s), "dwconv_stats: invalid configuration for input ", x.sizes(), " k=", k);
+  if (plane_end < 0) plane_end = s.Do;
+  TORCH_CHECK(0 <= plane_begin && plane_begin < plane_end && plane_end <= s.Do, "dwconv_stats: output planes [",
+              plane_begin, ", ", plane_end, ") are not a non-empty range within the ", s.Do, " output D-planes");
+  s.d_begin = plane_begin;
+  s.d_count = plane_end - plane_begin;
 
   at::NoGradGuard no_grad;
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast3d);
   const at::Tensor wt = weight.reshape({C, k * k * k}).t().contiguous();  // (kd, kh, kw, C)
-  at::Tensor y = empty_cl3d({N, C, s.Do, s.Ho, s.Wo}, x.options());
+  at::Tensor y = empty_cl3d({N, C, s.d_count, s.Ho, s.Wo}, x.options());
 
   std::vector<double> t1(N * C, 0.0), t2(N * C, 0.0);
   std::mutex mu;
@@ -94,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x,
   const float* wp = wt.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N * s.Do, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * s.d_count, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> l1(N * C, 0.0), l2(N * C, 0.0);
     cpu::dwconv_planes(s, xp, wp, bp, yp, begin, end, l1.data(), l2.data());
     std::lock_guard<std::mutex> lock(mu);
@@ -123,7 +130,8 @@ int64_t norm_mlp_tile(int64_t rc) {
 at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor& s2, const at::Tensor& gamma,
                     const at::Tensor& beta, const at::Tensor& w_expand, const at::Tensor& b_expand,
                     const at::Tensor& w_compress, const at::Tensor& b_compress,
-                    const std::optional<at::Tensor>& residual, double eps) {
+                    const std::optional<at::Tensor>& residual, double eps,
+                    const std::optional<at::Tensor>& out_buffer) {
   const char* names[] = {"y", "s1", "s2", "gamma", "beta", "w_expand", "b_expand", "w_compress", "b_compress"};
   const at::Tensor* ts[] = {&y, &s1, &s2, &gamma, &beta, &w_expand, &b_expand, &w_compress, &b_compress};
   for (int i = 0; i < 9; ++i) check_cpu_f32(*ts[i], names[i]);
@@ -176,7 +184,28 @@ at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor&
   }
 
   const at::Tensor yv = voxels_by_channel(y.contiguous(at::MemoryFormat::ChannelsLast3d));  // (N, S, C)
-  at::Tensor out = empty_cl3d({N, Cout, y.size(2), y.size(3), y.size(4)}, y.options());
+  at::Tensor out;
+  if (out_buffer.has_value() && out_buffer->defined()) {
+    // The caller's buffer, which may be y itself or the residual: every tile reads its voxels' y and
+    // residual before it writes their output.
+    out = *out_buffer;
+    check_cpu_f32(out, "out");
+    TORCH_CHECK(out.dim() == 5 && out.size(0) == N && out.size(1) == Cout && out.size(2) == y.size(2) &&
+                    out.size(3) == y.size(3) && out.size(4) == y.size(4),
+                "norm_mlp: out must be (", N, ", ", Cout, ", ", y.size(2), ", ", y.size(3), ", ", y.size(4), "), got ",
+                out.sizes());
+    TORCH_CHECK(out.is_contiguous(at::MemoryFormat::ChannelsLast3d),
+                "norm_mlp: out must be channels_last_3d-contiguous");
+    const at::Tensor none;
+    for (const at::Tensor* other : {&y, residual.has_value() ? &*residual : &none}) {
+      const bool same_view = other->defined() && other->data_ptr() == out.data_ptr() &&
+                             other->sizes() == out.sizes() && other->strides() == out.strides();
+      TORCH_CHECK(!other->defined() || same_view || at::get_overlap_status(out, *other) == at::MemOverlapStatus::No,
+                  "norm_mlp: out may be y or the residual itself, but must not otherwise overlap them");
+    }
+  } else {
+    out = empty_cl3d({N, Cout, y.size(2), y.size(3), y.size(4)}, y.options());
+  }
   const at::Tensor ov = voxels_by_channel(out);  // (N, S, Cout), a view of out
   TORCH_INTERNAL_ASSERT(ov.is_alias_of(out) && ov.is_contiguous(), "norm_mlp: output view must alias the output");
 

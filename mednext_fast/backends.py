@@ -48,7 +48,8 @@ def _load_cpp():
     ok, why = cpp_ops.available()
     if not ok:
         raise BackendUnavailable(f"backend='cpp' is not available: {why}")
-    return types.SimpleNamespace(dwconv_stats=cpp_ops.dwconv_stats, norm_mlp=cpp_ops.norm_mlp)
+    # inference_only: no autograd graph holds the ops' inputs, so blocks may let them overwrite buffers.
+    return types.SimpleNamespace(dwconv_stats=cpp_ops.dwconv_stats, norm_mlp=cpp_ops.norm_mlp, inference_only=True)
 
 
 _LOADERS = {"triton": _load_triton, "cpp": _load_cpp}

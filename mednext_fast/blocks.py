@@ -109,9 +109,19 @@ class MedNeXtBlock(nn.Module):
     def _fused_path(self, x: torch.Tensor, ops) -> torch.Tensor:
         y, s1, s2 = ops.dwconv_stats(x, self.conv1.weight, self.conv1.bias,
                                      stride=self.stride, transposed=self.transposed)
+        residual = self._residual(x)
+        extra = {}
+        if getattr(ops, "inference_only", False):
+            # No autograd keeps these buffers: write the output over y (same shape when the channels
+            # match), else over a residual this block made itself (res_conv): one activation less.
+            if y.shape[1] == self.conv3.out_channels:
+                extra["out"] = y
+            elif residual is not None and residual is not x and \
+                    residual.is_contiguous(memory_format=torch.channels_last_3d):
+                extra["out"] = residual
         return ops.norm_mlp(y, s1, s2, self.norm.weight, self.norm.bias,
                             self.conv2.weight, self.conv2.bias, self.conv3.weight, self.conv3.bias,
-                            residual=self._residual(x), eps=self.norm.eps)
+                            residual=residual, eps=self.norm.eps, **extra)
 
     def forward(self, x: torch.Tensor, dummy_tensor=None) -> torch.Tensor:
         ops = backends.ops_for(self, x)
@@ -159,9 +169,40 @@ class MedNeXtUpBlock(_ResampleBlock):
     """
 
     transposed = True
+    # add_into_ works on chunks of this many bytes of the depthwise output.
+    chunk_bytes = 8 * 2 ** 20
 
     def _finish(self, out):
         return F.pad(out, (1, 0) * (out.dim() - 2))
+
+    def add_into_(self, skip: torch.Tensor, x: torch.Tensor, ops) -> torch.Tensor:
+        """``skip + self(x)`` written into ``skip``, for inference-only backends (``ops.inference_only``).
+
+        At full resolution the depthwise output has twice the output's channels; here it is never whole
+        in memory: one pass over chunks of output planes for the GroupNorm statistics, a second that
+        recomputes each chunk and adds its MLP output into ``skip``. The front pad and the residual
+        (bias everywhere, W^T x on even voxels) are written into ``skip`` directly, never materialised.
+        """
+        inner = skip[:, :, 1:, 1:, 1:]  # the official front pad puts the block's output after plane 0
+        if self.resample_do_res:
+            inner += self.res_conv.bias.view(-1, 1, 1, 1)
+            inner[:, :, ::2, ::2, ::2] += F.conv3d(x, self.res_conv.weight.transpose(0, 1))
+        depth, plane = inner.shape[2], x.shape[0] * x.shape[1] * inner.shape[3] * inner.shape[4] * 4
+        step = max(torch.get_num_threads(), self.chunk_bytes // plane, 1)
+        chunks = [(d, min(d + step, depth)) for d in range(0, depth, step)]
+        conv = dict(weight=self.conv1.weight, bias=self.conv1.bias, stride=2, transposed=True)
+        s1 = s2 = 0
+        for planes in chunks:
+            _, a, b = ops.dwconv_stats(x, **conv, planes=planes)
+            s1, s2 = s1 + a, s2 + b
+        for begin, end in chunks:
+            y, _, _ = ops.dwconv_stats(x, **conv, planes=(begin, end))
+            # norm_mlp divides the sums by the voxel count of the y it gets: scale them to this chunk.
+            share = (end - begin) / depth
+            inner[:, :, begin:end] += ops.norm_mlp(y, s1 * share, s2 * share, self.norm.weight, self.norm.bias,
+                                                   self.conv2.weight, self.conv2.bias, self.conv3.weight,
+                                                   self.conv3.bias, eps=self.norm.eps)
+        return skip
 
 
 class OutBlock(nn.Module):

@@ -60,11 +60,13 @@ def _check_no_grad(*tensors) -> None:
 
 
 def dwconv_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 stride: int = 1, transposed: bool = False):
+                 stride: int = 1, transposed: bool = False, planes: tuple[int, int] | None = None):
     """Depthwise conv3d (padding k//2) + per-(n, c) sum and sum of squares; see ``ops.dwconv_stats``.
 
     stride 1 keeps the size, stride 2 gives ceil(n/2), transposed=True (stride 2) gives 2n-1.
     Returns (y, s1, s2): y (N, C, D', H', W') channels_last_3d, s1/s2 fp32 (N, C).
+    planes=(begin, end) computes only output D-planes [begin, end): y holds those planes and s1/s2 sum
+    over them (a large output computed piece by piece).
     """
     lib = _require_built()
     _check("x", x, (5,))
@@ -82,17 +84,21 @@ def dwconv_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         raise ValueError(f"cpp_ops.dwconv_stats: stride must be 1 or 2, got {stride}")
     if x.numel() == 0:
         raise ValueError(f"cpp_ops.dwconv_stats: empty input of shape {tuple(x.shape)}")
-    return lib.dwconv_stats(x, weight, bias, int(stride), bool(transposed))
+    begin, end = (0, -1) if planes is None else (int(planes[0]), int(planes[1]))
+    return lib.dwconv_stats(x, weight, bias, int(stride), bool(transposed), begin, end)
 
 
 def norm_mlp(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
              gamma: torch.Tensor, beta: torch.Tensor,
              w_expand: torch.Tensor, b_expand: torch.Tensor,
              w_compress: torch.Tensor, b_compress: torch.Tensor,
-             residual: torch.Tensor | None = None, eps: float = 1e-5):
+             residual: torch.Tensor | None = None, eps: float = 1e-5, out: torch.Tensor | None = None):
     """GroupNorm(groups=C) from (s1, s2) -> 1x1x1 expand -> GELU(erf) -> 1x1x1 compress (+ residual).
 
-    See ``ops.norm_mlp``. Returns (N, C_out, D, H, W) fp32 in channels_last_3d.
+    See ``ops.norm_mlp``. Returns (N, C_out, D, H, W) fp32 in channels_last_3d: a new tensor, or ``out``
+    (channels_last_3d-contiguous, the output's shape) written in place. ``out`` may be ``y`` or
+    ``residual`` itself (each voxel's inputs are read before its output is written), which saves one
+    activation-sized buffer when the caller no longer needs them.
     """
     lib = _require_built()
     _check("y", y, (5,))
@@ -104,7 +110,9 @@ def norm_mlp(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
     _check("w_compress", w_compress, (2, 5))
     if residual is not None:
         _check("residual", residual, (5,))
-    _check_no_grad(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual)
+    if out is not None:
+        _check("out", out, (5,))
+    _check_no_grad(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, out)
     n, c = y.shape[:2]
     rc, c_out = w_expand.shape[0], w_compress.shape[0]
     want = {"s1": (n, c), "s2": (n, c), "gamma": (c,), "beta": (c,), "b_expand": (rc,), "b_compress": (c_out,)}
@@ -122,4 +130,9 @@ def norm_mlp(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
                          f"got {tuple(residual.shape)}")
     if y.numel() == 0:
         raise ValueError(f"cpp_ops.norm_mlp: empty input of shape {tuple(y.shape)}")
-    return lib.norm_mlp(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, float(eps))
+    if out is not None and tuple(out.shape) != (n, c_out, *y.shape[2:]):
+        raise ValueError(f"cpp_ops.norm_mlp: out must be {(n, c_out, *y.shape[2:])}, got {tuple(out.shape)}")
+    if out is not None and not out.is_contiguous(memory_format=torch.channels_last_3d):
+        raise ValueError("cpp_ops.norm_mlp: out must be channels_last_3d-contiguous")
+    return lib.norm_mlp(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, float(eps),
+                        out)

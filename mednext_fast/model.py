@@ -96,26 +96,36 @@ class MedNeXt(nn.Module):
             return checkpoint(module, x, use_reentrant=False)
         return module(x)
 
-    def _stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        for block in stage:
-            x = self._run(block, x)
-        return x
+    def _up(self, up: MedNeXtUpBlock, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """skip + up(x); inference-only backends write it into skip, a stage output nothing else holds."""
+        ops = backends.ops_for(up, x)
+        if ops is not None and getattr(ops, "inference_only", False):
+            return up.add_into_(skip, x, ops)
+        return skip + self._run(up, x)
 
     def forward(self, x: torch.Tensor):
         check_input(self, x)
         x = self.stem(x)
+        ops = backends.ops_for(self.down_0, x)
+        if ops is not None and getattr(ops, "inference_only", False):
+            # The fused CPU ops work channels-last: convert once here, not in each block of the first stage.
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        # Stages loop here rather than in a helper, whose caller would keep each stage's input alive.
         skips = []
         for i in range(_LEVELS):
-            x = self._stage(getattr(self, f"enc_block_{i}"), x)
+            for block in getattr(self, f"enc_block_{i}"):
+                x = self._run(block, x)
             skips.append(x)
             x = self._run(getattr(self, f"down_{i}"), x)
-        x = self._stage(self.bottleneck, x)
+        for block in self.bottleneck:
+            x = self._run(block, x)
         ds = []
         if self.do_ds:
             ds.append(self._run(self.out_4, x))
         for i in reversed(range(_LEVELS)):
-            x = skips.pop() + self._run(getattr(self, f"up_{i}"), x)
-            x = self._stage(getattr(self, f"dec_block_{i}"), x)
+            x = self._up(getattr(self, f"up_{i}"), x, skips.pop())
+            for block in getattr(self, f"dec_block_{i}"):
+                x = self._run(block, x)
             if self.do_ds and i > 0:
                 ds.append(self._run(getattr(self, f"out_{i}"), x))
         x = self._run(self.out_0, x)

@@ -39,3 +39,29 @@ def test_auto_picks_cpp_for_cpu_inference():
     finally:
         ops.norm_mlp = original
     assert len(calls) == 2 * 9 + 8  # every stage, down and up block of S
+
+
+@pytest.mark.parametrize("kernel,do_res,m", [(3, True, (5, 6, 7)), (5, False, (4, 4, 4)), (7, True, (3, 5, 4))])
+def test_up_block_adds_into_the_skip_chunk_by_chunk(kernel, do_res, m):
+    """add_into_ (the cpp inference path of an up block: residual and front pad written straight into the
+    skip, depthwise output in chunks of planes) equals skip + block(x) on the torch path."""
+    torch.manual_seed(kernel)
+    up = mf.MedNeXtUpBlock(12, 6, exp_r=2, kernel_size=kernel, do_res=do_res).eval()
+    x = torch.randn(2, 12, *m).contiguous(memory_format=torch.channels_last_3d)
+    skip = torch.randn(2, 6, *(2 * n for n in m))
+    with torch.no_grad():
+        want = skip + up(x)
+        up.chunk_bytes = 1  # one chunk per batch of planes (at least the thread count): several chunks
+        buffer = skip.clone()
+        got = up.add_into_(buffer, x, backends.load_ops("cpp"))
+    assert got.data_ptr() == buffer.data_ptr()
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_inference_leaves_the_input_untouched():
+    model = mf.create_mednext("S", 1, 3, kernel_size=3, backend="cpp").eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    before = x.clone()
+    with torch.inference_mode():
+        model(x)
+    assert torch.equal(x, before)

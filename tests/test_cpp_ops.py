@@ -101,6 +101,33 @@ def test_dwconv_stats_large_volume_statistics():
     assert rel_err(got[2].double(), ref[2]) <= 1e-5
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("k", [3, 7])
+def test_dwconv_stats_plane_ranges_are_slices_of_the_whole(k, mode, threads):
+    """planes=(b, e) computes output D-planes [b, e) only: the same values as that slice of the whole
+    output, and statistics over just those planes (first, middle, last and single-plane ranges)."""
+    stride, transposed = MODES[mode]
+    g = torch.Generator().manual_seed(k + stride)
+    x = torch.randn(2, 20, 9, 6, 7, generator=g).contiguous(memory_format=CL)
+    w, b = torch.randn(20, 1, k, k, k, generator=g), torch.randn(20, generator=g)
+    with torch.no_grad():
+        whole, _, _ = cpp_ops.dwconv_stats(x, w, b, stride=stride, transposed=transposed)
+        depth = whole.shape[2]
+        for begin, end in [(0, 2), (1, depth - 1), (depth - 1, depth), (0, depth)]:
+            part, s1, s2 = cpp_ops.dwconv_stats(x, w, b, stride=stride, transposed=transposed, planes=(begin, end))
+            want = whole[:, :, begin:end]
+            assert part.shape == want.shape and part.is_contiguous(memory_format=CL)
+            assert torch.equal(part, want), (begin, end)
+            assert rel_err(s1, want.sum((2, 3, 4))) <= 1e-5 and rel_err(s2, want.square().sum((2, 3, 4))) <= 1e-5
+
+
+@pytest.mark.parametrize("planes", [(2, 2), (3, 1), (-1, 2), (0, 10)], ids=["empty", "reversed", "negative", "past-end"])
+def test_dwconv_stats_bad_plane_range(planes):
+    x = torch.randn(1, 4, 9, 5, 5)
+    with pytest.raises(RuntimeError, match="output planes"):
+        cpp_ops.dwconv_stats(x, torch.randn(4, 1, 3, 3, 3), None, planes=planes)
+
+
 def _mlp_args(n, c, r, c_out, spatial, w_dims, g):
     y = torch.randn(n, c, *spatial, generator=g) * 2 + 1
     _, s1, s2 = ops.dwconv_stats(y, torch.ones(c, 1, 1, 1, 1), None)
@@ -310,3 +337,48 @@ def test_extension_checks_without_the_python_wrapper():
     args[6] = torch.randn(3)
     with pytest.raises(RuntimeError, match="b_expand"):
         _C.norm_mlp(*args, None, 1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-mlp", "gemm-tiles"])
+@pytest.mark.parametrize("target", ["y", "residual"])
+def test_norm_mlp_out_may_be_y_or_the_residual(target, fused, threads):
+    """out=y or out=residual writes the result over that buffer: the same values as a fresh output."""
+    from mednext_fast import _C
+    g = torch.Generator().manual_seed(7)
+    args = list(_mlp_args(2, 32, 2, 32, (9, 10, 13), 5, g))
+    args[0] = args[0].contiguous(memory_format=CL)
+    res = torch.randn(2, 32, 9, 10, 13, generator=g).contiguous(memory_format=CL)
+    before = _C.set_mlp_fused(fused)
+    try:
+        with torch.no_grad():
+            want = cpp_ops.norm_mlp(*args, residual=res)
+            buffer = (args[0] if target == "y" else res).clone()
+            if target == "y":
+                args[0] = buffer
+            got = cpp_ops.norm_mlp(*args, residual=buffer if target == "residual" else res, out=buffer)
+    finally:
+        _C.set_mlp_fused(before)
+    assert got.data_ptr() == buffer.data_ptr()
+    assert rel_err(got, want) <= 1e-6
+
+
+@pytest.mark.parametrize("case,exc,match", [
+    ("shape", ValueError, "out must be"),
+    ("ncdhw", ValueError, "channels_last_3d"),
+    ("partial overlap", RuntimeError, "must not otherwise overlap"),
+])
+def test_norm_mlp_rejects_bad_out(case, exc, match):
+    args = list(_mlp_args(1, 4, 2, 4, (3, 3, 4), 5, torch.Generator().manual_seed(0)))
+    args[0] = args[0].contiguous(memory_format=CL)
+    if case == "shape":
+        out = torch.empty(1, 4, 3, 3, 3).contiguous(memory_format=CL)
+    elif case == "ncdhw":
+        out = torch.empty(1, 4, 3, 3, 4)
+    else:  # y and out in one buffer, out one voxel further on: it overlaps y without being y
+        flat = torch.empty(144 + 4)
+        strides = (144, 1, 48, 16, 4)  # channels_last_3d of (1, 4, 3, 3, 4)
+        y = flat.as_strided((1, 4, 3, 3, 4), strides, 0)
+        y.copy_(args[0])
+        args[0], out = y, flat.as_strided((1, 4, 3, 3, 4), strides, 4)
+    with pytest.raises(exc, match=match), torch.no_grad():
+        cpp_ops.norm_mlp(*args, out=out)

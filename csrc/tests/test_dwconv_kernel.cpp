@@ -153,6 +153,34 @@ static void run_case(const char* isa_name, int64_t N, int64_t C, int64_t D, int6
   }
   CHECK(err < 1e-4 && serr < 1e-5, "%s N=%ld C=%ld %ldx%ldx%ld k=%d stride=%d transposed=%d bias=%d: max err %g, stats %g",
         isa_name, (long)N, (long)C, (long)D, (long)H, (long)W, k, stride, transposed, with_bias, err, serr);
+
+  // A plane range [d0, d0 + cnt) of every sample: y holds only those planes, task = n * cnt + (od - d0).
+  DwConvShape part = s;
+  part.d_begin = s.Do / 2;
+  part.d_count = s.Do - part.d_begin;
+  const int64_t plane = s.Ho * s.Wo * C;
+  std::vector<float> yp(N * part.d_count * plane, NAN);
+  std::vector<double> p1(N * C, 0.0), p2(N * C, 0.0), q1(N * C, 0.0), q2(N * C, 0.0);
+  dwconv_planes(part, x.data(), wt.data(), with_bias ? bias.data() : nullptr, yp.data(), 0, N * part.d_count,
+                p1.data(), p2.data());
+  double perr = 0.0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < part.d_count; ++j)
+      for (int64_t i = 0; i < plane; ++i) {
+        const float got = yp[(n * part.d_count + j) * plane + i];
+        const float want = ref[(n * s.Do + part.d_begin + j) * plane + i];
+        perr = std::isnan(got) ? INFINITY : std::fmax(perr, std::fabs(got - want));
+        const double v = want;
+        q1[n * C + i % C] += v;
+        q2[n * C + i % C] += v * v;
+      }
+  double pserr = 0.0;
+  for (int64_t i = 0; i < N * C; ++i) {
+    pserr = std::fmax(pserr, std::fabs(p1[i] - q1[i]) / (1.0 + std::fabs(q1[i])));
+    pserr = std::fmax(pserr, std::fabs(p2[i] - q2[i]) / (1.0 + std::fabs(q2[i])));
+  }
+  CHECK(perr < 1e-4 && pserr < 1e-5, "%s planes [%ld, %ld) of N=%ld C=%ld k=%d stride=%d transposed=%d: err %g, stats %g",
+        isa_name, (long)part.d_begin, (long)s.Do, (long)N, (long)C, k, stride, transposed, perr, pserr);
 }
 
 static void test_kernel() {
