@@ -41,6 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--levels", default="0,1,2,3,4", help="network levels for the blocks/ops suites (default: all)")
     parser.add_argument("--checkpointing", default="off,on", help="train suite: off, on or both (default: off,on)")
     parser.add_argument("--min-time", type=float, default=None, help="seconds of repeated runs per cell (default: 1 cuda, 2 cpu)")
+    parser.add_argument("--min-runs", type=int, default=None,
+                        help="timed runs per cell at least (default: 3 cuda, where runs agree to <1 %%; 5 cpu)")
     parser.add_argument("--budget-s", type=float, default=None, help="stop measuring after this many seconds; the rest is marked skipped")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--out", default=None, help="output folder")
@@ -61,6 +63,7 @@ def parse_args(argv=None):
         parser.error(f"--size {args.size} is not divisible by 16")
     args.batch = args.batch or (2 if args.device == "cuda" else 1)
     args.min_time = args.min_time or (1.0 if args.device == "cuda" else 2.0)
+    args.min_runs = args.min_runs or (3 if args.device == "cuda" else 5)
     return args
 
 
@@ -121,6 +124,28 @@ def build(suite, case, extra, column, args):
     return cases.train_step_fn(model, x, device, dtype)
 
 
+def _why(err: Exception) -> str:
+    return f"error: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+
+
+def measure_case(suite, case, extra, case_rows, args) -> None:
+    """Build every column of one case, then time them interleaved (see measure.measure_interleaved)."""
+    fns = {}
+    for column, row in case_rows.items():
+        try:
+            fns[column] = build(suite, case, extra, column, args)
+        except cases.Skip as why:
+            row["skipped"] = str(why)
+        except Exception as err:  # e.g. out of memory or a kernel that fails to compile: keep going
+            row["skipped"] = _why(err)
+    for column, result in measure.measure_interleaved(fns, args.device, args.min_time,
+                                                                min_runs=args.min_runs).items():
+        if isinstance(result, Exception):
+            case_rows[column]["skipped"] = _why(result)
+        else:
+            case_rows[column].update(result)
+
+
 def annotate(row, suite, case, extra, args, info):
     """Derived columns: roofline share for ops, epoch-time estimate for train steps."""
     if suite == "ops" and row.get("median_s"):
@@ -158,34 +183,32 @@ def main(argv=None) -> int:
     info = device_info.describe(args.device)
     out = args.out or default_out(info)
     os.makedirs(out, exist_ok=True)
-    cells = [(s, c, e, col) for s, c, e in grid(args) for col in args.columns if col in cases.SUITE_COLUMNS[s]]
-    print(f"{len(cells)} cells on {info['name']} ({args.device}, {args.dtype}); results -> {out}", flush=True)
+    groups = [(s, c, e, [col for col in args.columns if col in cases.SUITE_COLUMNS[s]]) for s, c, e in grid(args)]
+    print(f"{sum(len(g[3]) for g in groups)} cells in {len(groups)} cases on {info['name']} ({args.device}, "
+          f"{args.dtype}); results -> {out}", flush=True)
     try:
         from tqdm import tqdm
-        progress = tqdm(cells, file=sys.stdout, mininterval=2)
+        progress = tqdm(groups, file=sys.stdout, mininterval=2, unit="case")
     except ImportError:
-        progress = cells
+        progress = groups
     rows, start = [], time.perf_counter()
-    for suite, case, extra, column in progress:
-        row = dict(suite=suite, column=column, dtype=args.dtype, batch=args.batch, **case,
-                   **{k: v for k, v in extra.items() if k != "size"}, size=extra.get("size", args.size))
+    for suite, case, extra, columns in progress:
+        case_rows = {column: dict(suite=suite, column=column, dtype=args.dtype, batch=args.batch, **case,
+                                  **{k: v for k, v in extra.items() if k != "size"}, size=extra.get("size", args.size))
+                     for column in columns}
         if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
-            row["skipped"] = "time budget"
+            for row in case_rows.values():
+                row["skipped"] = "time budget"
         else:
-            try:
-                fn = build(suite, case, extra, column, args)
-                row.update(measure.measure(fn, args.device, args.min_time))
-            except cases.Skip as why:
-                row["skipped"] = str(why)
-            except Exception as err:  # e.g. out of memory or a kernel that fails to compile: keep going
-                row["skipped"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
-            annotate(row, suite, case, extra, args, info)
-        rows.append(row)
-        fn = None
+            measure_case(suite, case, extra, case_rows, args)
+            for row in case_rows.values():
+                if row.get("median_s"):
+                    annotate(row, suite, case, extra, args, info)
+        rows.extend(case_rows.values())
         gc.collect()
         if args.device == "cuda":
             torch.cuda.empty_cache()
-        write_results(out, info, args, rows)  # after every cell: a killed run keeps what it measured
+        write_results(out, info, args, rows)  # after every case: a killed run keeps what it measured
     table = write_results(out, info, args, rows)
     plots = report.plot(out, rows, args.columns)
     print(table)
