@@ -4,8 +4,8 @@
 
 Everything lands under OUT_DIR (test log, one results folder and log per benchmark, summary.md); a
 summary table is printed last. The benchmarks run most wanted first (train steps of S/B, then the
-forward of every variant, ...) so a short budget trims the least wanted. Missing pieces (no CUDA, no Triton, no C++ extension, no MONAI) are skipped with a line
-that says so. --dry-run (or no CUDA) only reports what would run and what would be skipped.
+forward of every variant, ...) so a short budget trims the least wanted. Missing pieces (no CUDA, no
+Triton, no C++ extension, no MONAI) are skipped with a line that says so. --dry-run (or no CUDA) only reports what would run and what would be skipped.
 """
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def run(cmd: list, log_path: str, timeout_s: float) -> int:
 
 def test_command(python: str) -> list:
     """The CUDA tests, spread over a few processes (Triton compiles dominate) when pytest-xdist is there."""
-    cmd = [python, "-m", "pytest", "-v", "-rfE", "--tb=short", "-p", "no:cacheprovider", *TESTS, "--deselect", "tests/kernels/test_sm90_compile.py"]
+    cmd = [python, "-m", "pytest", "-v", "-rfE", "--tb=short", "-p", "no:cacheprovider", *TESTS,
+           "--deselect", "tests/kernels/test_sm90_compile.py"]
     if importlib.util.find_spec("xdist"):
         cmd += ["-n", "8"]
     if importlib.util.find_spec("pytest_timeout"):

@@ -84,8 +84,9 @@ def measure_interleaved(fns: dict, device: str, min_time_s: float = 0.5, max_run
                         min_runs: int = 5) -> dict:
     """Time every fn in ``fns`` (name -> callable) in rounds of one run each, after one warm-up call each
     (which also compiles; reported as first_call_s). A column stops after min_time_s of runs and at least
-    min_runs runs (max_runs at most): a median of 3 moved ratios by up to 11 % between repeated CPU runs. Returns name -> stats (median_s, iqr_s, runs, first_call_s,
-    peak_extra_bytes, peak_bytes) or name -> Exception for a column that raised; the others go on.
+    min_runs runs (max_runs at most): a median of 3 moved ratios by up to 11 % between repeated CPU runs.
+    Returns name -> stats (median_s, iqr_s, runs, first_call_s, peak_extra_bytes, peak_bytes), or
+    name -> Exception for a column that raised; the others go on.
     """
     timer = _Timer(device)
     results, samples = {}, {}

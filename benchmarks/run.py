@@ -138,8 +138,8 @@ def measure_case(suite, case, extra, case_rows, args) -> None:
             row["skipped"] = str(why)
         except Exception as err:  # e.g. out of memory or a kernel that fails to compile: keep going
             row["skipped"] = _why(err)
-    for column, result in measure.measure_interleaved(fns, args.device, args.min_time,
-                                                                min_runs=args.min_runs).items():
+    timed = measure.measure_interleaved(fns, args.device, args.min_time, min_runs=args.min_runs)
+    for column, result in timed.items():
         if isinstance(result, Exception):
             case_rows[column]["skipped"] = _why(result)
         else:

@@ -14,5 +14,6 @@
 #define MNF_ISA_NS isa_avx512
 #define MNF_SLIDING 1  // stride-1 sliding-window blocks (need ~16 vector registers)
 #define MNF_WB 8  // outputs per register block: 8 x 16 channels fill half the vector registers
+#define MNF_SLIDE_WB 16  // sliding blocks: 16 accumulators + K <= 7 weights + 1 input <= 24 of 32 zmm
 
 #include "isa_build.inc"

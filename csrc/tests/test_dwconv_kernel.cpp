@@ -1,6 +1,7 @@
 // ctest unit tests of the torch-free depthwise conv kernel: output sizes, tap/index arithmetic and edge
 // tiles, checked against a naive scatter-form reference for every ISA build this CPU can run.
-// `test_dwconv_kernel bench` times 1x32x64^3 instead (single thread, rough).
+// `test_dwconv_kernel bench [C [size]]` times 1xCxsize^3 instead (default 32, 64; single thread, rough)
+// beside the measured FMA peak.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -272,13 +273,34 @@ static void test_mlp() {
   }
 }
 
-static void bench() {
+// Single-thread fp32 FMA peak with the widest vectors this CPU has: 12 independent accumulator chains
+// (more than FMA latency x units) of multiply-adds, GCC vector extensions so no intrinsics are needed.
+typedef float v16 __attribute__((vector_size(64)));
+__attribute__((target("avx512f,fma"), noinline)) static double fma_peak_avx512(int64_t iters) {
+  v16 acc[12], a, b;
+  for (int i = 0; i < 16; ++i) { a[i] = 0.999999f; b[i] = 1e-7f; }
+  for (int j = 0; j < 12; ++j) acc[j] = a * (float)j;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int64_t it = 0; it < iters; ++it)
+    for (int j = 0; j < 12; ++j) acc[j] = acc[j] * a + b;
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  float sink = 0.f;
+  for (int j = 0; j < 12; ++j) sink += acc[j][0];
+  if (sink == 12345.f) std::printf(" ");  // keep the loop
+  return 2.0 * 16 * 12 * iters / s / 1e9;
+}
+
+static void bench(int64_t C, int64_t size) {
+  if (set_isa("avx512")) {
+    fma_peak_avx512(1 << 20);  // warm up the clock
+    std::printf("fp32 FMA peak, one thread, AVX-512: %.1f GFLOP/s\n", fma_peak_avx512(1 << 26));
+  }
   std::mt19937 rng(1);
   for (int k : {3, 5, 7}) {
     DwConvShape s;
-    s.N = 1; s.C = 32; s.Di = s.Hi = s.Wi = 64; s.k = k;
+    s.N = 1; s.C = C; s.Di = s.Hi = s.Wi = size; s.k = k;
     plan_shape(s);
-    std::vector<float> x(s.N * 64 * 64 * 64 * s.C, 0.5f), wt(k * k * k * s.C, 0.1f), b(s.C, 0.f), y(x.size());
+    std::vector<float> x(s.N * size * size * size * s.C, 0.5f), wt(k * k * k * s.C, 0.1f), b(s.C, 0.f), y(x.size());
     std::vector<double> s1(s.C), s2(s.C);
     const int64_t rows = s.Do;
     dwconv_planes(s, x.data(), wt.data(), b.data(), y.data(), 0, rows, s1.data(), s2.data());
@@ -287,13 +309,13 @@ static void bench() {
     for (int i = 0; i < reps; ++i) dwconv_planes(s, x.data(), wt.data(), b.data(), y.data(), 0, rows, s1.data(), s2.data());
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
     const double gf = 2.0 * x.size() * k * k * k / ms / 1e6;
-    std::printf("isa=%s k=%d 1x32x64^3 single thread: %.1f ms, %.1f GFLOP/s\n", isa(), k, ms, gf);
+    std::printf("isa=%s k=%d 1x%ldx%ld^3 single thread: %.1f ms, %.1f GFLOP/s\n", isa(), k, (long)C, (long)size, ms, gf);
   }
 }
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::string(argv[1]) == "bench") {
-    bench();
+  if (argc > 1 && std::string(argv[1]) == "bench") {  // bench [C [size]]
+    bench(argc > 2 ? std::atol(argv[2]) : 32, argc > 3 ? std::atol(argv[3]) : 64);
     return 0;
   }
   test_out_size();
