@@ -120,11 +120,3 @@ def measure_interleaved(fns: dict, device: str, min_time_s: float = 0.5, max_run
                              runs=len(times), peak_extra_bytes=max(extra) if extra else None,
                              peak_bytes=max(absolute) if absolute else None)
     return results
-
-
-def measure(fn, device: str, min_time_s: float = 0.5, max_runs: int = 50, min_runs: int = 5) -> dict:
-    """One implementation alone: ``measure_interleaved`` with a single column."""
-    result = measure_interleaved({"fn": fn}, device, min_time_s, max_runs, min_runs)["fn"]
-    if isinstance(result, Exception):
-        raise result
-    return result

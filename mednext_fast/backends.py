@@ -55,6 +55,11 @@ def _load_cpp():
 _LOADERS = {"triton": _load_triton, "cpp": _load_cpp}
 
 
+def reuses_buffers(ops) -> bool:
+    """True for an inference-only backend's ops: callers may hand them buffers to overwrite."""
+    return ops is not None and getattr(ops, "inference_only", False)
+
+
 @functools.lru_cache(maxsize=None)
 def load_ops(name: str):
     """The (dwconv_stats, norm_mlp) namespace of a fused backend; BackendUnavailable if it cannot run."""

@@ -111,7 +111,7 @@ class MedNeXtBlock(nn.Module):
                                      stride=self.stride, transposed=self.transposed)
         residual = self._residual(x)
         extra = {}
-        if getattr(ops, "inference_only", False):
+        if backends.reuses_buffers(ops):
             # No autograd keeps these buffers: write the output over y (same shape when the channels
             # match), else over a residual this block made itself (res_conv): one activation less.
             if y.shape[1] == self.conv3.out_channels:

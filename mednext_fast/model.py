@@ -99,7 +99,7 @@ class MedNeXt(nn.Module):
     def _up(self, up: MedNeXtUpBlock, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """skip + up(x); inference-only backends write it into skip, a stage output nothing else holds."""
         ops = backends.ops_for(up, x)
-        if ops is not None and getattr(ops, "inference_only", False):
+        if backends.reuses_buffers(ops):
             return up.add_into_(skip, x, ops)
         return skip + self._run(up, x)
 
@@ -107,7 +107,7 @@ class MedNeXt(nn.Module):
         check_input(self, x)
         x = self.stem(x)
         ops = backends.ops_for(self.down_0, x)
-        if ops is not None and getattr(ops, "inference_only", False):
+        if backends.reuses_buffers(ops):
             # The fused CPU ops work channels-last: convert once here, not in each block of the first stage.
             x = x.contiguous(memory_format=torch.channels_last_3d)
         # Stages loop here rather than in a helper, whose caller would keep each stage's input alive.
