@@ -7,7 +7,9 @@
 two 1x1x1 convs + GELU) on NCDHW / channels_last_3d tensors; "cpp" runs cpp_ops on channels_last_3d
 inputs (the layout the model keeps), "cpp ncdhw" on NCDHW inputs (includes the layout copy), "cpp gemm"
 is norm_mlp with the fused narrow-layer MLP turned off (ATen GEMM tiles).
-Speed-up = torch time / cpp time, measured in the same process. Medians of torch.utils.benchmark.
+Speed-up = torch time / cpp time, measured in the same process. Medians of torch.utils.benchmark, on
+--threads threads. GFLOP/s count useful multiply-adds only (taps on the zero padding are left out);
+"% of peak" divides by the fp32 FMA peak of the same threads measured at start (_C.fma_peak_gflops).
 """
 from __future__ import annotations
 
@@ -25,7 +27,21 @@ MODES = {"stride1": (1, False), "stride2": (2, False), "transposed": (2, True)}
 
 def median_ms(fn, min_time):
     fn()  # warm-up (allocator, first-touch)
-    return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median * 1e3
+    # Timer runs its statement on 1 thread unless told otherwise.
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_time).median * 1e3
+
+
+def useful_taps(n_in, k, stride, transposed):
+    """Sum over the outputs along one dimension of the taps that hit the input (padding excluded)."""
+    pad, total = k // 2, 0
+    n_out = (n_in - 1) * 2 - 2 * pad + k if transposed else (n_in + 2 * pad - k) // stride + 1
+    for o in range(n_out):
+        if transposed:  # o = 2 i - pad + t
+            total += sum(1 for t in range(k) if (o + pad - t) % 2 == 0 and 0 <= (o + pad - t) // 2 < n_in)
+        else:  # i = o * stride - pad + t
+            total += sum(1 for t in range(k) if 0 <= o * stride - pad + t < n_in)
+    return total
 
 
 def bench_dwconv(args, rows):
@@ -36,8 +52,7 @@ def bench_dwconv(args, rows):
             w = torch.randn(args.channels, 1, k, k, k)
             b = torch.randn(args.channels)
             xc = x.contiguous(memory_format=CL)
-            out = cpp_ops.dwconv_stats(xc, w, b, stride, transposed)[0]
-            flop = 2 * out.numel() * k ** 3 / (8 if transposed else 1)  # transposed: 1/8 of the taps hit
+            flop = 2 * args.channels * useful_taps(args.size, k, stride, transposed) ** 3
             t = {
                 "torch ncdhw": median_ms(lambda: ops.dwconv_stats(x, w, b, stride, transposed), args.min_time),
                 "torch cl3d": median_ms(lambda: ops.dwconv_stats(xc, w, b, stride, transposed), args.min_time),
@@ -89,8 +104,11 @@ def main(argv=None):
         sys.exit(f"cpp ops unavailable: {why}")
 
     torch.set_num_threads(args.threads)
+    from mednext_fast import _C
+    peak = _C.fma_peak_gflops()
     print(f"torch {torch.__version__}, {args.threads} threads, {why}; 1x{args.channels}x{args.size}^3 fp32, "
-          "median ms (timings on a shared VM are noisy: +-20-40 %, compare ratios within one run)")
+          "median ms (timings on a shared VM are noisy: +-20-40 %, compare ratios within one run); "
+          f"measured FMA peak of {args.threads} thread(s): {peak:.0f} GFLOP/s")
     rows = []
     with torch.inference_mode():
         if "dwconv" not in args.skip:
@@ -98,12 +116,12 @@ def main(argv=None):
         if "norm_mlp" not in args.skip:
             bench_norm_mlp(args, rows)
     cols = ["torch ncdhw", "torch cl3d", "cpp", "cpp ncdhw", "cpp gemm"]
-    print(f"| op | {' | '.join(cols)} | vs ncdhw | vs cl3d | cpp GFLOP/s |")
-    print("|---" * (len(cols) + 4) + "|")
+    print(f"| op | {' | '.join(cols)} | vs ncdhw | vs cl3d | cpp GFLOP/s | % of peak |")
+    print("|---" * (len(cols) + 5) + "|")
     for name, t, gflops in rows:
         cells = " | ".join(f"{t[c]:.1f}" if c in t else "-" for c in cols)
         print(f"| {name} | {cells} | {t['torch ncdhw'] / t['cpp']:.2f}x | {t['torch cl3d'] / t['cpp']:.2f}x "
-              f"| {gflops:.1f} |")
+              f"| {gflops:.1f} | {100 * gflops / peak:.0f} % |")
 
 
 if __name__ == "__main__":

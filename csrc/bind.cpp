@@ -19,6 +19,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("norm_mlp_tile", &mednext_fast::norm_mlp_tile, "voxels per norm_mlp tile for a hidden width");
   m.def("set_mlp_fused", &mednext_fast::set_mlp_fused, py::arg("on"),
         "use the fused MLP kernel for narrow layers (default True); returns the previous setting");
+  m.def("fma_peak_gflops", &mednext_fast::fma_peak_gflops,
+        "measured fp32 multiply-add peak of torch.get_num_threads() threads (GFLOP/s, ~0.1-0.3 s)",
+        py::call_guard<py::gil_scoped_release>());
   m.def("isa", []() { return std::string(mednext_fast::cpu::isa()); }, "ISA build the conv kernel uses");
   m.def("set_isa", [](const std::string& name) { return mednext_fast::cpu::set_isa(name.c_str()); },
         "force the conv kernel's ISA build ('avx512', 'avx2', 'default'); False if unsupported here");

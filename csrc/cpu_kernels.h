@@ -27,6 +27,9 @@ struct DwConvShape {
   // those, d_count planes per sample); plan_shape sets the whole range. Chunks of planes let a caller
   // compute a large output piece by piece.
   int64_t d_begin = 0, d_count = 0;
+  // Output rows per band (the kernel sweeps the planes once per band of rows, see dwconv_impl.inc);
+  // 0 = sized for L2. Tests set small bands to cover band edges on small volumes.
+  int64_t band_rows = 0;
 };
 
 constexpr int kMaxK = 7;
@@ -58,6 +61,10 @@ void gelu_inplace(float* x, int64_t n);
 bool mlp_fused(const float* y, int64_t nv, int64_t C, const float* we_t, const float* be, int64_t RC,
                const float* wc_t, const float* bc, const float* res, float* out, int64_t Cout);
 
+// Measured fp32 multiply-add peak of one thread with the current ISA build's widest vectors (GFLOP/s,
+// registers only; iters ~ 1e7-1e8 for a stable clock): what the benchmarks compare kernels against.
+double fma_peak_gflops(int64_t iters);
+
 // Which ISA build the kernels use: "avx512", "avx2" or "default". set_isa forces one (for tests and
 // benchmarks; returns false if the CPU lacks it or the name is unknown). Reads MEDNEXT_FAST_CPU_ISA once.
 const char* isa();
@@ -71,7 +78,8 @@ bool set_isa(const char* name);
                        int64_t, double*, double*);                                                        \
     void gelu_inplace(float*, int64_t);                                                                   \
     bool mlp_fused(const float*, int64_t, int64_t, const float*, const float*, int64_t, const float*,     \
-                   const float*, const float*, float*, int64_t);
+                   const float*, const float*, float*, int64_t);                                          \
+    double fma_peak_gflops(int64_t);
 namespace isa_avx512 { MNF_ISA_ENTRY_POINTS }
 namespace isa_avx2 { MNF_ISA_ENTRY_POINTS }
 namespace isa_default { MNF_ISA_ENTRY_POINTS }

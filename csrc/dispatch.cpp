@@ -134,5 +134,13 @@ bool mlp_fused(const float* y, int64_t nv, int64_t C, const float* we_t, const f
   }
 }
 
+double fma_peak_gflops(int64_t iters) {
+  switch (current().load()) {
+    case kAvx512: return isa_avx512::fma_peak_gflops(iters);
+    case kAvx2: return isa_avx2::fma_peak_gflops(iters);
+    default: return isa_default::fma_peak_gflops(iters);
+  }
+}
+
 }  // namespace cpu
 }  // namespace mednext_fast

@@ -1,5 +1,6 @@
 // baseline x86-64 (SSE2) or any non-x86 CPU build of the CPU kernels; the bodies are dwconv_impl.inc, gelu_impl.inc and mlp_impl.inc (shared through isa_build.inc).
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <cstdint>
 #include <vector>
@@ -8,6 +9,7 @@
 
 #define MNF_ISA_ENABLED 1
 #define MNF_ISA_NS isa_default
+#define MNF_VEC_BYTES 16  // widest float vector of the ISA (fma_peak)
 #define MNF_SLIDING 0  // stride-1 sliding-window blocks (need ~16 vector registers)
 #define MNF_WB 2  // outputs per register block: 2 x 16 channels fill half the vector registers
 

@@ -55,6 +55,19 @@ std::atomic<bool> g_mlp_fused{true};
 
 bool set_mlp_fused(bool on) { return g_mlp_fused.exchange(on); }
 
+double fma_peak_gflops() {
+  const int64_t threads = at::get_num_threads();
+  std::vector<double> rate(threads, 0.0);
+  // One chunk per thread, all running at once (a second round, after the clocks have settled, counts).
+  for (int round = 0; round < 2; ++round)
+    at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) rate[t] = cpu::fma_peak_gflops(round == 0 ? (1 << 22) : (1 << 25));
+    });
+  double total = 0.0;
+  for (double r : rate) total += r;
+  return total;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x, const at::Tensor& weight,
                                                             const std::optional<at::Tensor>& bias,
                                                             int64_t stride, bool transposed,

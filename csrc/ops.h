@@ -30,6 +30,10 @@ at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor&
 // setting. Off forces ATen GEMM tiles everywhere (tests and benchmarks compare both).
 bool set_mlp_fused(bool on);
 
+// Measured fp32 multiply-add peak of torch.get_num_threads() threads running at once (GFLOP/s), with
+// the ISA build the kernels use: the yardstick for the benchmarks' "% of peak".
+double fma_peak_gflops();
+
 // Voxels per norm_mlp tile for a hidden width of rc channels (the tile's hidden stays in L2).
 int64_t norm_mlp_tile(int64_t rc);
 

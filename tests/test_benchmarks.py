@@ -57,3 +57,30 @@ def test_gpu_suite_dry_run_reports_what_it_would_skip(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert "skip everything: no CUDA device visible (dry run)" in printed
     assert os.path.isdir(tmp_path / "suite")
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+@pytest.mark.parametrize("stride,transposed", [(1, False), (2, False), (2, True)])
+def test_cpp_op_flops_count_only_taps_that_hit_the_input(k, stride, transposed):
+    from benchmarks.bench_cpp_ops import useful_taps
+    n = 9
+    ones, w = torch.ones(1, 1, n, n, n, dtype=torch.float64), torch.ones(1, 1, k, k, k, dtype=torch.float64)
+    conv = torch.nn.functional.conv_transpose3d if transposed else torch.nn.functional.conv3d
+    hits = conv(ones, w, stride=stride, padding=k // 2).sum().item()  # every output sums its useful taps
+    assert useful_taps(n, k, stride, transposed) ** 3 == hits
+
+
+def test_cpp_op_benchmark_reports_share_of_measured_peak(capsys):
+    from benchmarks import bench_cpp_ops
+    from mednext_fast import cpp_ops
+    if not cpp_ops.available()[0]:
+        pytest.skip("C++ extension not built")
+    threads = torch.get_num_threads()
+    try:
+        bench_cpp_ops.main(["--size", "8", "--channels", "16", "--kernels", "5", "--ratios", "2", "--threads", "1",
+                            "--min-time", "0.01"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "measured FMA peak of 1 thread(s)" in out and "% of peak" in out
+    assert "| dwconv_stats stride1 k=5 |" in out and "| norm_mlp C=16 R=2 +res |" in out
