@@ -7,8 +7,8 @@
 two 1x1x1 convs + GELU) on NCDHW / channels_last_3d tensors; "cpp" runs cpp_ops on channels_last_3d
 inputs (the layout the model keeps), "cpp ncdhw" on NCDHW inputs (includes the layout copy), "cpp gemm"
 is norm_mlp with the fused narrow-layer MLP turned off (ATen GEMM tiles).
-Speed-up = torch time / cpp time, measured in the same process. Medians of torch.utils.benchmark, on
---threads threads. GFLOP/s count useful multiply-adds only (taps on the zero padding are left out);
+Speed-up = torch time / cpp time, measured in the same process: medians, the columns of an op timed in
+alternating rounds (benchmarks.measure), on --threads threads. GFLOP/s count useful multiply-adds only (taps on the zero padding are left out);
 "% of peak" divides by the fp32 FMA peak of the same threads measured at start (_C.fma_peak_gflops).
 """
 from __future__ import annotations
@@ -17,19 +17,22 @@ import argparse
 import sys
 
 import torch
-from torch.utils import benchmark
 
+from benchmarks.measure import measure_interleaved
 from mednext_fast import cpp_ops, ops
 
 CL = torch.channels_last_3d
 MODES = {"stride1": (1, False), "stride2": (2, False), "transposed": (2, True)}
 
 
-def median_ms(fn, min_time):
-    fn()  # warm-up (allocator, first-touch)
-    # Timer runs its statement on 1 thread unless told otherwise.
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_time).median * 1e3
+def times_ms(fns, min_time):
+    """Median ms of each column, the columns timed in alternating rounds (a slow stretch of the shared
+    VM then hits every column alike instead of one column's block of runs)."""
+    stats = measure_interleaved(fns, "cpu", min_time_s=min_time, max_runs=200)
+    for name, st in stats.items():
+        if isinstance(st, Exception):
+            raise st
+    return {name: st["median_s"] * 1e3 for name, st in stats.items()}
 
 
 def useful_taps(n_in, k, stride, transposed):
@@ -53,12 +56,12 @@ def bench_dwconv(args, rows):
             b = torch.randn(args.channels)
             xc = x.contiguous(memory_format=CL)
             flop = 2 * args.channels * useful_taps(args.size, k, stride, transposed) ** 3
-            t = {
-                "torch ncdhw": median_ms(lambda: ops.dwconv_stats(x, w, b, stride, transposed), args.min_time),
-                "torch cl3d": median_ms(lambda: ops.dwconv_stats(xc, w, b, stride, transposed), args.min_time),
-                "cpp": median_ms(lambda: cpp_ops.dwconv_stats(xc, w, b, stride, transposed), args.min_time),
-                "cpp ncdhw": median_ms(lambda: cpp_ops.dwconv_stats(x, w, b, stride, transposed), args.min_time),
-            }
+            t = times_ms({
+                "torch ncdhw": lambda: ops.dwconv_stats(x, w, b, stride, transposed),
+                "torch cl3d": lambda: ops.dwconv_stats(xc, w, b, stride, transposed),
+                "cpp": lambda: cpp_ops.dwconv_stats(xc, w, b, stride, transposed),
+                "cpp ncdhw": lambda: cpp_ops.dwconv_stats(x, w, b, stride, transposed),
+            }, args.min_time)
             rows.append((f"dwconv_stats {mode} k={k}", t, flop / t["cpp"] / 1e6))
 
 
@@ -73,18 +76,21 @@ def bench_norm_mlp(args, rows):
         res = torch.randn_like(y)
         yc, resc = y.contiguous(memory_format=CL), res.contiguous(memory_format=CL)
         flop = 2 * 2 * y.numel() * r * c
-        t = {
-            "torch ncdhw": median_ms(lambda: ops.norm_mlp(y, s1, s2, *p, residual=res), args.min_time),
-            "torch cl3d": median_ms(lambda: ops.norm_mlp(yc, s1, s2, *p, residual=resc), args.min_time),
-            "cpp": median_ms(lambda: cpp_ops.norm_mlp(yc, s1, s2, *p, residual=resc), args.min_time),
-            "cpp ncdhw": median_ms(lambda: cpp_ops.norm_mlp(y, s1, s2, *p, residual=res), args.min_time),
-        }
-        # the same op with the fused narrow-layer MLP off (ATen GEMM tiles), to show which wins here
-        before = _C.set_mlp_fused(False)
-        try:
-            t["cpp gemm"] = median_ms(lambda: cpp_ops.norm_mlp(yc, s1, s2, *p, residual=resc), args.min_time)
-        finally:
-            _C.set_mlp_fused(before)
+
+        def gemm_tiles():  # the same op with the fused narrow-layer MLP off (ATen GEMM tiles)
+            before = _C.set_mlp_fused(False)
+            try:
+                return cpp_ops.norm_mlp(yc, s1, s2, *p, residual=resc)
+            finally:
+                _C.set_mlp_fused(before)
+
+        t = times_ms({
+            "torch ncdhw": lambda: ops.norm_mlp(y, s1, s2, *p, residual=res),
+            "torch cl3d": lambda: ops.norm_mlp(yc, s1, s2, *p, residual=resc),
+            "cpp": lambda: cpp_ops.norm_mlp(yc, s1, s2, *p, residual=resc),
+            "cpp ncdhw": lambda: cpp_ops.norm_mlp(y, s1, s2, *p, residual=res),
+            "cpp gemm": gemm_tiles,
+        }, args.min_time)
         rows.append((f"norm_mlp C={c} R={r} +res", t, flop / t["cpp"] / 1e6))
 
 
@@ -96,7 +102,7 @@ def main(argv=None):
     ap.add_argument("--ratios", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--modes", default="stride1", help="comma list of stride1,stride2,transposed")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--min-time", type=float, default=0.5, help="seconds per timer (default 0.5)")
+    ap.add_argument("--min-time", type=float, default=1.0, help="seconds of runs per column (default 1)")
     ap.add_argument("--skip", choices=["dwconv", "norm_mlp"], nargs="*", default=[])
     args = ap.parse_args(argv)
     ok, why = cpp_ops.available()
