@@ -19,12 +19,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x,
 
 // GroupNorm(groups=C) from (s1, s2), 1x1x1 expansion, exact GELU, 1x1x1 compression, optional residual.
 // Returns (N, C_out, D, H, W) fp32, channels_last_3d: a new tensor, or `out` (channels_last_3d-
-// contiguous, the output's shape) written in place; out may be y or the residual itself.
+// contiguous, the output's shape) written in place; out may be y or the residual itself. bf16_gemms
+// runs the expansion and compression GEMMs of wide layers (those not on the fused fp32 MLP) in bf16.
 at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor& s2, const at::Tensor& gamma,
                     const at::Tensor& beta, const at::Tensor& w_expand, const at::Tensor& b_expand,
                     const at::Tensor& w_compress, const at::Tensor& b_compress,
                     const std::optional<at::Tensor>& residual, double eps,
-                    const std::optional<at::Tensor>& out = std::nullopt);
+                    const std::optional<at::Tensor>& out = std::nullopt, bool bf16_gemms = false);
 
 // norm_mlp uses the fused register-resident MLP for narrow layers when on (default); returns the old
 // setting. Off forces ATen GEMM tiles everywhere (tests and benchmarks compare both).
@@ -34,7 +35,8 @@ bool set_mlp_fused(bool on);
 // the ISA build the kernels use: the yardstick for the benchmarks' "% of peak".
 double fma_peak_gflops();
 
-// Voxels per norm_mlp tile for a hidden width of rc channels (the tile's hidden stays in L2).
-int64_t norm_mlp_tile(int64_t rc);
+// Voxels per norm_mlp tile for a hidden width of rc channels (fp32: the tile's hidden stays in L2;
+// bf16 GEMMs: longer tiles).
+int64_t norm_mlp_tile(int64_t rc, bool bf16 = false);
 
 }  // namespace mednext_fast

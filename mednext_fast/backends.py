@@ -35,7 +35,7 @@ def _load_triton():
         raise BackendUnavailable(f"backend='triton' is not available: {why}")
     from mednext_fast.kernels.dwconv_stats import dwconv_stats
     from mednext_fast.kernels.norm_mlp import norm_mlp
-    return types.SimpleNamespace(dwconv_stats=dwconv_stats, norm_mlp=norm_mlp)
+    return types.SimpleNamespace(name="triton", dwconv_stats=dwconv_stats, norm_mlp=norm_mlp)
 
 
 def _load_cpp():
@@ -49,7 +49,8 @@ def _load_cpp():
     if not ok:
         raise BackendUnavailable(f"backend='cpp' is not available: {why}")
     # inference_only: no autograd graph holds the ops' inputs, so blocks may let them overwrite buffers.
-    return types.SimpleNamespace(dwconv_stats=cpp_ops.dwconv_stats, norm_mlp=cpp_ops.norm_mlp, inference_only=True)
+    return types.SimpleNamespace(name="cpp", dwconv_stats=cpp_ops.dwconv_stats, norm_mlp=cpp_ops.norm_mlp,
+                                 inference_only=True)
 
 
 _LOADERS = {"triton": _load_triton, "cpp": _load_cpp}
@@ -122,6 +123,15 @@ def ops_for(block, x: torch.Tensor):
         if _needs_grad(block, x):
             return None  # the C++ kernels are inference-only; training runs the reference path
     return load_ops(name)
+
+
+def cpp_under_cpu_autocast(block, x: torch.Tensor) -> bool:
+    """CPU autocast is on and the cpp backend would run ``block`` on ``x``. The fused C++ ops are fp32:
+    the model then runs with autocast off, norm_mlp's wide GEMMs in bf16 when autocast asks for bf16."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return False
+    ops = ops_for(block, x)
+    return getattr(ops, "name", None) == "cpp"
 
 
 def validate(blocks, name: str) -> None:

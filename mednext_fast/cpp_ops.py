@@ -8,6 +8,8 @@ backend runs the PyTorch path for training instead). Threads follow ``torch.get_
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import torch
@@ -33,6 +35,25 @@ def available() -> tuple[bool, str]:
         return False, (f"the C++ extension mednext_fast._C is not built ({_IMPORT_ERROR}{failed}); build it from "
                        f"the repository root with `{BUILD_COMMAND}` (needs a C++17 compiler with OpenMP)")
     return True, f"mednext_fast._C loaded (conv kernel ISA: {_C.isa()})"
+
+
+_GEMMS_IN_BF16 = contextvars.ContextVar("mednext_fast_cpp_gemms_in_bf16", default=False)
+
+
+def native_bf16() -> bool:
+    """True if this CPU multiplies bf16 matrices natively (AVX512-BF16 / AMX), where bf16 GEMMs pay."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@contextlib.contextmanager
+def gemms_in_bf16(enabled: bool = True):
+    """Within the block, ``norm_mlp`` calls that do not say otherwise run their wide-layer GEMMs in bf16
+    (the model enters this under CPU autocast with bf16; see ``MedNeXt.forward``)."""
+    token = _GEMMS_IN_BF16.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _GEMMS_IN_BF16.reset(token)
 
 
 def _require_built():
@@ -92,13 +113,19 @@ def norm_mlp(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
              gamma: torch.Tensor, beta: torch.Tensor,
              w_expand: torch.Tensor, b_expand: torch.Tensor,
              w_compress: torch.Tensor, b_compress: torch.Tensor,
-             residual: torch.Tensor | None = None, eps: float = 1e-5, out: torch.Tensor | None = None):
+             residual: torch.Tensor | None = None, eps: float = 1e-5, out: torch.Tensor | None = None,
+             bf16_gemms: bool | None = None):
     """GroupNorm(groups=C) from (s1, s2) -> 1x1x1 expand -> GELU(erf) -> 1x1x1 compress (+ residual).
 
     See ``ops.norm_mlp``. Returns (N, C_out, D, H, W) fp32 in channels_last_3d: a new tensor, or ``out``
     (channels_last_3d-contiguous, the output's shape) written in place. ``out`` may be ``y`` or
     ``residual`` itself (each voxel's inputs are read before its output is written), which saves one
     activation-sized buffer when the caller no longer needs them.
+
+    ``bf16_gemms`` (default: as set by ``gemms_in_bf16``, else off) runs the expansion and compression
+    of wide layers in bf16 with fp32 normalisation, residual and output: 2.2-3.3x faster on C = 128-512
+    with native bf16, with errors like PyTorch's own CPU autocast. Narrow layers (C_out 16/32/64) keep
+    their fused fp32 kernel, which beats bf16 GEMMs there.
     """
     lib = _require_built()
     _check("y", y, (5,))
@@ -134,5 +161,7 @@ def norm_mlp(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
         raise ValueError(f"cpp_ops.norm_mlp: out must be {(n, c_out, *y.shape[2:])}, got {tuple(out.shape)}")
     if out is not None and not out.is_contiguous(memory_format=torch.channels_last_3d):
         raise ValueError("cpp_ops.norm_mlp: out must be channels_last_3d-contiguous")
+    if bf16_gemms is None:
+        bf16_gemms = _GEMMS_IN_BF16.get()
     return lib.norm_mlp(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, float(eps),
-                        out)
+                        out, bool(bf16_gemms))

@@ -105,6 +105,17 @@ class MedNeXt(nn.Module):
 
     def forward(self, x: torch.Tensor):
         check_input(self, x)
+        if backends.cpp_under_cpu_autocast(self.down_0, x):
+            # The fused C++ ops are fp32 (their outputs would meet autocast's bf16 convolutions): run
+            # with autocast off and, where autocast asks for bf16 and the CPU has it natively, the wide
+            # layers' GEMMs in bf16 (cpp_ops.norm_mlp).
+            from . import cpp_ops
+            bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and cpp_ops.native_bf16()
+            with torch.autocast("cpu", enabled=False), cpp_ops.gemms_in_bf16(bf16):
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor):
         x = self.stem(x)
         ops = backends.ops_for(self.down_0, x)
         if backends.reuses_buffers(ops):

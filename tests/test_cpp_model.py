@@ -65,3 +65,28 @@ def test_inference_leaves_the_input_untouched():
     with torch.inference_mode():
         model(x)
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "auto"])
+def test_cpu_autocast_runs_the_fused_path_in_fp32_with_bf16_gemms(backend):
+    """Under CPU autocast the cpp path turns autocast off (its ops are fp32), returns fp32, and runs the
+    wide layers' GEMMs in bf16 where the CPU has it natively: error below PyTorch's own autocast run."""
+    from mednext_fast import cpp_ops
+    torch.manual_seed(0)
+    ref = mf.create_mednext("S", 1, 3, backend="torch").eval()
+    fused = mf.create_mednext("S", 1, 3, backend=backend).eval()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        exact = ref.double()(x.double())
+        ref.float()
+        fp32 = fused(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = fused(x)
+            autocast_out = ref(x)
+    assert mixed.dtype == torch.float32 and autocast_out.dtype == torch.bfloat16
+    if cpp_ops.native_bf16():
+        err = (mixed.double() - exact).abs().max()
+        assert 10 * (fp32.double() - exact).abs().max() < err <= (autocast_out.double() - exact).abs().max()
+    else:
+        assert torch.equal(mixed, fp32)  # bf16 GEMMs do not pay without native bf16: all fp32

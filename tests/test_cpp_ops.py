@@ -382,3 +382,40 @@ def test_norm_mlp_rejects_bad_out(case, exc, match):
         args[0], out = y, flat.as_strided((1, 4, 3, 3, 4), strides, 4)
     with pytest.raises(exc, match=match), torch.no_grad():
         cpp_ops.norm_mlp(*args, out=out)
+
+
+needs_native_bf16 = pytest.mark.skipif(not (OK and cpp_ops.native_bf16()),
+                                       reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
+
+
+@needs_native_bf16
+@pytest.mark.parametrize("c,r,spatial,residual", [(128, 2, (9, 10, 13), True), (64, 8, (5, 6, 7), False),
+                                                  (256, 2, (4, 3, 5), True)], ids=["c128", "c64-r8", "c256"])
+def test_norm_mlp_bf16_gemms_err_like_pytorch_autocast(c, r, spatial, residual, threads):
+    """Wide layers with bf16 GEMMs: fp32 output, error against the fp64 reference no larger than that of
+    the PyTorch reference under CPU autocast (bf16 1x1x1 convolutions)."""
+    g = torch.Generator().manual_seed(c + r)
+    args = list(_mlp_args(2, c, r, c, spatial, 5, g))
+    args[0] = args[0].contiguous(memory_format=CL)
+    res = torch.randn(2, c, *spatial, generator=g).contiguous(memory_format=CL) if residual else None
+    exact = ops.norm_mlp(*[a.double() for a in args], residual=None if res is None else res.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_err = (ops.norm_mlp(*args, residual=res).double() - exact).abs().max()
+    with torch.no_grad():
+        fp32 = cpp_ops.norm_mlp(*args, residual=res)
+        bf16 = cpp_ops.norm_mlp(*args, residual=res, bf16_gemms=True)
+        with cpp_ops.gemms_in_bf16():
+            from_context = cpp_ops.norm_mlp(*args, residual=res)
+    assert bf16.dtype == torch.float32 and bf16.is_contiguous(memory_format=CL)
+    bf16_err = (bf16.double() - exact).abs().max()
+    assert bf16_err <= autocast_err
+    assert bf16_err > 10 * (fp32.double() - exact).abs().max()  # the GEMMs did run in bf16
+    assert torch.equal(from_context, bf16)
+
+
+def test_norm_mlp_bf16_gemms_leave_narrow_layers_on_the_fused_fp32_kernel():
+    g = torch.Generator().manual_seed(5)
+    args = list(_mlp_args(1, 32, 2, 32, (6, 7, 8), 5, g))
+    args[0] = args[0].contiguous(memory_format=CL)
+    with torch.no_grad():
+        assert torch.equal(cpp_ops.norm_mlp(*args, bf16_gemms=True), cpp_ops.norm_mlp(*args))

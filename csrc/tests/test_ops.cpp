@@ -64,11 +64,14 @@ static void test_norm_mlp(int threads) {
 }
 
 static void test_tile_size() {
-  // The hidden tile (tile * rc floats) stays around 512 KiB and never degenerates.
+  // The hidden tile (tile * rc values) stays around 512 KiB of fp32 / 4 MiB of bf16 and never degenerates.
   for (int64_t rc : {1, 64, 128, 1024, 4096, 1 << 20}) {
     const int64_t t = mednext_fast::norm_mlp_tile(rc);
     const bool ok = t >= 16 && t <= 4096 && t % 16 == 0 && (t == 16 || t * rc <= 128 * 1024);
     expect(ok, "norm_mlp_tile bounds", static_cast<double>(t));
+    const int64_t tb = mednext_fast::norm_mlp_tile(rc, true);
+    const bool ok_b = tb >= t && tb <= 65536 && tb % 16 == 0 && (tb == 16 || tb * rc <= (2 << 20));
+    expect(ok_b, "norm_mlp_tile bounds (bf16)", static_cast<double>(tb));
   }
 }
 
