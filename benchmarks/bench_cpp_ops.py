@@ -2,11 +2,13 @@
 
     python -m benchmarks.bench_cpp_ops                 # 1x32x64^3, k3/k5/k7, norm_mlp R=2/4, 2 threads
     python -m benchmarks.bench_cpp_ops --size 128 --threads 2 --modes stride1,stride2,transposed
+    python -m benchmarks.bench_cpp_ops --skip dwconv --channels 128 --size 16 --ratios 2 8   # wide layers
 
 "torch ncdhw" / "torch cl3d" run mednext_fast.ops (the reference: F.conv3d + fp32 sums; group-norm apply +
 two 1x1x1 convs + GELU) on NCDHW / channels_last_3d tensors; "cpp" runs cpp_ops on channels_last_3d
 inputs (the layout the model keeps), "cpp ncdhw" on NCDHW inputs (includes the layout copy), "cpp gemm"
-is norm_mlp with the fused narrow-layer MLP turned off (ATen GEMM tiles).
+is norm_mlp with the fused narrow-layer MLP turned off (ATen GEMM tiles), "cpp bf16" with bf16_gemms=True
+(wide layers' GEMMs in bf16; shown where the CPU has native bf16; narrow layers ignore it).
 Speed-up = torch time / cpp time, measured in the same process: medians, the columns of an op timed in
 alternating rounds (benchmarks.measure), on --threads threads. GFLOP/s count useful multiply-adds only (taps on the zero padding are left out);
 "% of peak" divides by the fp32 FMA peak of the same threads measured at start (_C.fma_peak_gflops).
@@ -90,7 +92,8 @@ def bench_norm_mlp(args, rows):
             "cpp": lambda: cpp_ops.norm_mlp(yc, s1, s2, *p, residual=resc),
             "cpp ncdhw": lambda: cpp_ops.norm_mlp(y, s1, s2, *p, residual=res),
             "cpp gemm": gemm_tiles,
-        }, args.min_time)
+        } | ({"cpp bf16": lambda: cpp_ops.norm_mlp(yc, s1, s2, *p, residual=resc, bf16_gemms=True)}
+             if cpp_ops.native_bf16() else {}), args.min_time)
         rows.append((f"norm_mlp C={c} R={r} +res", t, flop / t["cpp"] / 1e6))
 
 
@@ -121,7 +124,7 @@ def main(argv=None):
             bench_dwconv(args, rows)
         if "norm_mlp" not in args.skip:
             bench_norm_mlp(args, rows)
-    cols = ["torch ncdhw", "torch cl3d", "cpp", "cpp ncdhw", "cpp gemm"]
+    cols = ["torch ncdhw", "torch cl3d", "cpp", "cpp ncdhw", "cpp gemm", "cpp bf16"]
     print(f"| op | {' | '.join(cols)} | vs ncdhw | vs cl3d | cpp GFLOP/s | % of peak |")
     print("|---" * (len(cols) + 5) + "|")
     for name, t, gflops in rows:

@@ -253,7 +253,13 @@ at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor&
     return out;
   }
 
-  const int64_t T = norm_mlp_tile(RC, bf16_gemms);
+  int64_t T = norm_mlp_tile(RC, bf16_gemms);
+  // Deep levels have few voxels: shorten the tiles so that every thread gets one.
+  const int64_t threads = at::get_num_threads();
+  if (N * ((S + T - 1) / T) < threads) {
+    const int64_t per_sample = (threads + N - 1) / N;
+    T = std::max<int64_t>(16, ((S + per_sample - 1) / per_sample + 15) / 16 * 16);
+  }
   const int64_t tiles_per_sample = (S + T - 1) / T;
   // bf16 GEMMs (oneDNN: AMX / AVX512-BF16 where the CPU has them): the tile's normalised input and the
   // hidden are rounded to bf16 and the compression's result is added to the fp32 residual and bias.
