@@ -413,9 +413,12 @@ def test_norm_mlp_bf16_gemms_err_like_pytorch_autocast(c, r, spatial, residual, 
     assert torch.equal(from_context, bf16)
 
 
-def test_norm_mlp_bf16_gemms_leave_narrow_layers_on_the_fused_fp32_kernel():
+@needs_native_bf16
+@pytest.mark.parametrize("c,uses_bf16", [(32, False), (64, True)])
+def test_norm_mlp_bf16_gemms_leave_32_channel_layers_on_the_fused_fp32_kernel(c, uses_bf16):
+    """C_out <= 32 keeps the fused fp32 MLP (faster than bf16 GEMM tiles there); from 64 on bf16 tiles win."""
     g = torch.Generator().manual_seed(5)
-    args = list(_mlp_args(1, 32, 2, 32, (6, 7, 8), 5, g))
+    args = list(_mlp_args(1, c, 2, c, (6, 7, 8), 5, g))
     args[0] = args[0].contiguous(memory_format=CL)
     with torch.no_grad():
-        assert torch.equal(cpp_ops.norm_mlp(*args, bf16_gemms=True), cpp_ops.norm_mlp(*args))
+        assert torch.equal(cpp_ops.norm_mlp(*args, bf16_gemms=True), cpp_ops.norm_mlp(*args)) != uses_bf16
