@@ -147,7 +147,10 @@ def predict_parser() -> argparse.ArgumentParser:
                    help="which checkpoint of each fold to use")
     p.add_argument("--no-mirror", action="store_true", help="no mirroring TTA (8x faster)")
     p.add_argument("--step", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
-    p.add_argument("--amp", choices=("bf16", "fp16", "off"), help="inference precision; default: bf16 on GPUs that support it, else off")
+    p.add_argument("--amp", choices=("bf16", "fp16", "off"),
+                   help="inference precision; default: bf16 on GPUs that support it, else off. On CPU, bf16 keeps "
+                        "the C++ path in fp32 and runs its wide layers' GEMMs in bf16 where the CPU has native "
+                        "bf16 (AMX / AVX512-BF16): 1.1-1.4x faster")
     p.add_argument("--backend", default="auto", choices=mf.BACKENDS, help="block implementation")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
