@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import backends
@@ -116,11 +117,16 @@ class MedNeXt(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor):
-        x = self.stem(x)
-        ops = backends.ops_for(self.down_0, x)
-        if backends.reuses_buffers(ops):
-            # The fused CPU ops work channels-last: convert once here, not in each block of the first stage.
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if (not torch.is_grad_enabled() and isinstance(self.stem, nn.Conv3d)
+                and backends.reuses_buffers(backends.ops_for(self.down_0, x))):
+            # The fused CPU ops work channels-last. The 1x1x1 stem is a per-voxel linear map: computed as
+            # one, its output is channels-last at once (1x1x128^3 -> 32 channels: 184 -> 80 ms, and no
+            # second full-resolution tensor for a layout copy).
+            x = F.linear(x.movedim(1, -1), self.stem.weight.flatten(1), self.stem.bias).movedim(-1, 1)
+        else:
+            x = self.stem(x)
+            if backends.reuses_buffers(backends.ops_for(self.down_0, x)):
+                x = x.contiguous(memory_format=torch.channels_last_3d)
         # Stages loop here rather than in a helper, whose caller would keep each stage's input alive.
         skips = []
         for i in range(_LEVELS):

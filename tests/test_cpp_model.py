@@ -90,3 +90,16 @@ def test_cpu_autocast_runs_the_fused_path_in_fp32_with_bf16_gemms(backend):
         assert 10 * (fp32.double() - exact).abs().max() < err <= (autocast_out.double() - exact).abs().max()
     else:
         assert torch.equal(mixed, fp32)  # bf16 GEMMs do not pay without native bf16: all fp32
+
+
+def test_multi_channel_input_through_the_channels_last_stem():
+    """Inference on the cpp path computes the 1x1x1 stem as a per-voxel linear map straight into
+    channels-last; with several input channels it must still equal the torch backend."""
+    torch.manual_seed(3)
+    ref = mf.create_mednext("S", 3, 4, backend="torch").eval()
+    fused = mf.create_mednext("S", 3, 4, backend="cpp").eval()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 16, 32, 48)
+    with torch.inference_mode():
+        expected, got = ref(x), fused(x)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
