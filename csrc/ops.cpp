@@ -71,7 +71,8 @@ double fma_peak_gflops() {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x, const at::Tensor& weight,
                                                             const std::optional<at::Tensor>& bias,
                                                             int64_t stride, bool transposed,
-                                                            int64_t plane_begin, int64_t plane_end) {
+                                                            int64_t plane_begin, int64_t plane_end,
+                                                            const std::optional<at::Tensor>& out_buffer) {
   check_cpu_f32(x, "x");
   check_cpu_f32(weight, "weight");
   TORCH_CHECK(x.dim() == 5, "dwconv_stats: x must be (N, C, D, H, W), got shape ", x.sizes());
@@ -106,7 +107,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x,
   at::NoGradGuard no_grad;
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast3d);
   const at::Tensor wt = weight.reshape({C, k * k * k}).t().contiguous();  // (kd, kh, kw, C)
-  at::Tensor y = empty_cl3d({N, C, s.d_count, s.Ho, s.Wo}, x.options());
+  at::Tensor y;
+  if (out_buffer.has_value() && out_buffer->defined()) {
+    // The caller's buffer (a dead activation of this shape): saves a fresh allocation and its page faults.
+    y = *out_buffer;
+    check_cpu_f32(y, "out");
+    TORCH_CHECK(y.sizes() == at::IntArrayRef({N, C, s.d_count, s.Ho, s.Wo}), "dwconv_stats: out must be (", N,
+                ", ", C, ", ", s.d_count, ", ", s.Ho, ", ", s.Wo, "), got ", y.sizes());
+    TORCH_CHECK(y.is_contiguous(at::MemoryFormat::ChannelsLast3d), "dwconv_stats: out must be channels_last_3d-contiguous");
+    for (const at::Tensor* other : {&xc, &weight})
+      TORCH_CHECK(at::get_overlap_status(y, *other) == at::MemOverlapStatus::No,
+                  "dwconv_stats: out must not overlap the input or the weight");
+  } else {
+    y = empty_cl3d({N, C, s.d_count, s.Ho, s.Wo}, x.options());
+  }
 
   std::vector<double> t1(N * C, 0.0), t2(N * C, 0.0);
   std::mutex mu;

@@ -106,9 +106,13 @@ class MedNeXtBlock(nn.Module):
             return "only odd kernel sizes up to 7 are fused"
         return None
 
-    def _fused_path(self, x: torch.Tensor, ops) -> torch.Tensor:
+    def _fused_path(self, x: torch.Tensor, ops, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        conv = {}
+        if scratch is not None and backends.reuses_buffers(ops) and self.stride == 1 and \
+                scratch.shape == x.shape and scratch.is_contiguous(memory_format=torch.channels_last_3d):
+            conv["out"] = scratch
         y, s1, s2 = ops.dwconv_stats(x, self.conv1.weight, self.conv1.bias,
-                                     stride=self.stride, transposed=self.transposed)
+                                     stride=self.stride, transposed=self.transposed, **conv)
         residual = self._residual(x)
         extra = {}
         if backends.reuses_buffers(ops):
@@ -123,7 +127,9 @@ class MedNeXtBlock(nn.Module):
                             self.conv2.weight, self.conv2.bias, self.conv3.weight, self.conv3.bias,
                             residual=residual, eps=self.norm.eps, **extra)
 
-    def forward(self, x: torch.Tensor, dummy_tensor=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dummy_tensor=None, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """``scratch``: a dead activation of x's shape that an inference-only fused path may overwrite
+        with its depthwise output (the model passes the previous block's input); ignored otherwise."""
         ops = backends.ops_for(self, x)
         if ops is None:
             out = self._main_path(x)
@@ -131,7 +137,7 @@ class MedNeXtBlock(nn.Module):
             if residual is not None:
                 out = out + residual
         else:
-            out = self._fused_path(x, ops)
+            out = self._fused_path(x, ops, scratch)
         return self._finish(out)
 
 

@@ -81,16 +81,21 @@ def _check_no_grad(*tensors) -> None:
 
 
 def dwconv_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 stride: int = 1, transposed: bool = False, planes: tuple[int, int] | None = None):
+                 stride: int = 1, transposed: bool = False, planes: tuple[int, int] | None = None,
+                 out: torch.Tensor | None = None):
     """Depthwise conv3d (padding k//2) + per-(n, c) sum and sum of squares; see ``ops.dwconv_stats``.
 
     stride 1 keeps the size, stride 2 gives ceil(n/2), transposed=True (stride 2) gives 2n-1.
     Returns (y, s1, s2): y (N, C, D', H', W') channels_last_3d, s1/s2 fp32 (N, C).
     planes=(begin, end) computes only output D-planes [begin, end): y holds those planes and s1/s2 sum
-    over them (a large output computed piece by piece).
+    over them (a large output computed piece by piece). ``out`` (channels_last_3d-contiguous, y's shape,
+    not overlapping x) receives y instead of a new tensor: a dead activation reused, no page faults.
     """
     lib = _require_built()
     _check("x", x, (5,))
+    if out is not None:
+        _check("out", out, (5,))
+        _check_no_grad(out)
     _check("weight", weight, (5,))
     if bias is not None:
         _check("bias", bias, (1,))
@@ -106,7 +111,7 @@ def dwconv_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if x.numel() == 0:
         raise ValueError(f"cpp_ops.dwconv_stats: empty input of shape {tuple(x.shape)}")
     begin, end = (0, -1) if planes is None else (int(planes[0]), int(planes[1]))
-    return lib.dwconv_stats(x, weight, bias, int(stride), bool(transposed), begin, end)
+    return lib.dwconv_stats(x, weight, bias, int(stride), bool(transposed), begin, end, out)
 
 
 def norm_mlp(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,

@@ -97,6 +97,16 @@ class MedNeXt(nn.Module):
             return checkpoint(module, x, use_reentrant=False)
         return module(x)
 
+    def _stage_step(self, block: MedNeXtBlock, x: torch.Tensor, spare: torch.Tensor | None):
+        """Runs one stage block; returns (output, spare for the next block). On an inference-only backend
+        the input is dead once its block ran, so it is kept to take the next block's depthwise output
+        (no fresh allocation, no page faults); elsewhere nothing is kept (spare None)."""
+        if spare is not None:
+            out = block(x, scratch=spare)
+        else:
+            out = self._run(block, x)
+        return out, (x if backends.reuses_buffers(backends.ops_for(block, x)) else None)
+
     def _up(self, up: MedNeXtUpBlock, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """skip + up(x); inference-only backends write it into skip, a stage output nothing else holds."""
         ops = backends.ops_for(up, x)
@@ -130,19 +140,23 @@ class MedNeXt(nn.Module):
         # Stages loop here rather than in a helper, whose caller would keep each stage's input alive.
         skips = []
         for i in range(_LEVELS):
+            spare = None
             for block in getattr(self, f"enc_block_{i}"):
-                x = self._run(block, x)
+                x, spare = self._stage_step(block, x, spare)
             skips.append(x)
+            spare = None  # freed before the down block allocates
             x = self._run(getattr(self, f"down_{i}"), x)
         for block in self.bottleneck:
-            x = self._run(block, x)
+            x, spare = self._stage_step(block, x, spare)
+        spare = None
         ds = []
         if self.do_ds:
             ds.append(self._run(self.out_4, x))
         for i in reversed(range(_LEVELS)):
             x = self._up(getattr(self, f"up_{i}"), x, skips.pop())
             for block in getattr(self, f"dec_block_{i}"):
-                x = self._run(block, x)
+                x, spare = self._stage_step(block, x, spare)
+            spare = None
             if self.do_ds and i > 0:
                 ds.append(self._run(getattr(self, f"out_{i}"), x))
         x = self._run(self.out_0, x)

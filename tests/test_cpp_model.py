@@ -103,3 +103,24 @@ def test_multi_channel_input_through_the_channels_last_stem():
     with torch.inference_mode():
         expected, got = ref(x), fused(x)
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_stage_blocks_reuse_the_previous_input_for_their_depthwise_output():
+    """On the cpp path every stage block after the first writes its depthwise output into the input of
+    the block before it (dead by then) instead of a new tensor; the result is unchanged."""
+    torch.manual_seed(1)
+    ref = mf.create_mednext("S", 1, 2, backend="torch").eval()
+    model = mf.create_mednext("S", 1, 2, backend="cpp").eval()
+    model.load_state_dict(ref.state_dict())
+    ops = backends.load_ops("cpp")
+    original, reused = ops.dwconv_stats, []
+    ops.dwconv_stats = lambda *a, **k: reused.append(k.get("out") is not None) or original(*a, **k)
+    x = torch.randn(1, 1, 32, 32, 32)
+    try:
+        with torch.inference_mode():
+            got = model(x)
+            expected = ref(x)
+    finally:
+        ops.dwconv_stats = original
+    assert sum(reused) == 9  # S: 9 stages of 2 blocks, the second of each reuses
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()

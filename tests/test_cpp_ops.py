@@ -121,6 +121,35 @@ def test_dwconv_stats_plane_ranges_are_slices_of_the_whole(k, mode, threads):
             assert rel_err(s1, want.sum((2, 3, 4))) <= 1e-5 and rel_err(s2, want.square().sum((2, 3, 4))) <= 1e-5
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+def test_dwconv_stats_writes_into_out(mode):
+    """out= receives y in place (a dead activation reused): same values and statistics as a fresh y."""
+    stride, transposed = MODES[mode]
+    g = torch.Generator().manual_seed(len(mode))
+    x = torch.randn(2, 20, 5, 6, 7, generator=g).contiguous(memory_format=CL)
+    w, b = torch.randn(20, 1, 5, 5, 5, generator=g), torch.randn(20, generator=g)
+    with torch.no_grad():
+        fresh = cpp_ops.dwconv_stats(x, w, b, stride, transposed)
+        buffer = torch.full_like(fresh[0], float("nan"))
+        got = cpp_ops.dwconv_stats(x, w, b, stride, transposed, out=buffer)
+    assert got[0].data_ptr() == buffer.data_ptr()
+    for a, r in zip(got, fresh):
+        assert torch.equal(a, r)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("shape", "out must be"), ("layout", "channels_last_3d"), ("overlap", "overlap"), ("dtype", "float32")])
+def test_dwconv_stats_rejects_bad_out(case, match):
+    x = torch.randn(1, 16, 4, 5, 6).contiguous(memory_format=CL)
+    w = torch.randn(16, 1, 3, 3, 3)
+    out = {"shape": torch.empty(1, 16, 4, 5, 7).contiguous(memory_format=CL),
+           "layout": torch.empty(1, 16, 4, 5, 6),
+           "overlap": x,
+           "dtype": torch.empty(1, 16, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=CL)}[case]
+    with pytest.raises((RuntimeError, TypeError), match=match), torch.no_grad():
+        cpp_ops.dwconv_stats(x, w, None, out=out)
+
+
 @pytest.mark.parametrize("planes", [(2, 2), (3, 1), (-1, 2), (0, 10)], ids=["empty", "reversed", "negative", "past-end"])
 def test_dwconv_stats_bad_plane_range(planes):
     x = torch.randn(1, 4, 9, 5, 5)
