@@ -10,8 +10,9 @@ inputs (the layout the model keeps), "cpp ncdhw" on NCDHW inputs (includes the l
 is norm_mlp with the fused narrow-layer MLP turned off (ATen GEMM tiles), "cpp bf16" with bf16_gemms=True
 (wide layers' GEMMs in bf16; shown where the CPU has native bf16; narrow layers ignore it).
 Speed-up = torch time / cpp time, measured in the same process: medians, the columns of an op timed in
-alternating rounds (benchmarks.measure), on --threads threads. GFLOP/s count useful multiply-adds only (taps on the zero padding are left out);
-"% of peak" divides by the fp32 FMA peak of the same threads measured at start (_C.fma_peak_gflops).
+alternating rounds (benchmarks.measure), on --threads threads. GFLOP/s count useful multiply-adds only
+(taps on the zero padding are left out); "% of peak" divides by the fp32 FMA peak of the same threads
+measured at start (_C.fma_peak_gflops).
 """
 from __future__ import annotations
 

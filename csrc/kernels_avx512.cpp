@@ -7,7 +7,8 @@
 
 #include "cpu_kernels.h"
 
-// GCC only: the pragma switches the ISA for the code below (auto-vectorised, plus AVX-512 intrinsics in the row-pair conv kernel).
+// GCC only: the pragma switches the ISA for the code below (auto-vectorised, plus AVX-512 intrinsics in
+// the row-pair conv kernel).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi2,prefer-vector-width=512")
 #define MNF_ISA_ENABLED 1

@@ -114,7 +114,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x,
     check_cpu_f32(y, "out");
     TORCH_CHECK(y.sizes() == at::IntArrayRef({N, C, s.d_count, s.Ho, s.Wo}), "dwconv_stats: out must be (", N,
                 ", ", C, ", ", s.d_count, ", ", s.Ho, ", ", s.Wo, "), got ", y.sizes());
-    TORCH_CHECK(y.is_contiguous(at::MemoryFormat::ChannelsLast3d), "dwconv_stats: out must be channels_last_3d-contiguous");
+    TORCH_CHECK(y.is_contiguous(at::MemoryFormat::ChannelsLast3d),
+                "dwconv_stats: out must be channels_last_3d-contiguous");
     for (const at::Tensor* other : {&xc, &weight})
       TORCH_CHECK(at::get_overlap_status(y, *other) == at::MemOverlapStatus::No,
                   "dwconv_stats: out must not overlap the input or the weight");
