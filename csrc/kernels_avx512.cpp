@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstring>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "cpu_kernels.h"

@@ -95,11 +95,10 @@ def dwconv_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     _check("x", x, (5,))
     if out is not None:
         _check("out", out, (5,))
-        _check_no_grad(out)
     _check("weight", weight, (5,))
     if bias is not None:
         _check("bias", bias, (1,))
-    _check_no_grad(x, weight, bias)
+    _check_no_grad(x, weight, bias, out)
     c, k = x.shape[1], weight.shape[2]
     if tuple(weight.shape) != (c, 1, k, k, k) or k % 2 == 0 or k > 7:
         raise ValueError(f"cpp_ops.dwconv_stats: weight must be (C, 1, k, k, k) with C={c} and odd k <= 7, "
