@@ -6,13 +6,15 @@
 
 "torch ncdhw" / "torch cl3d" run mednext_fast.ops (the reference: F.conv3d + fp32 sums; group-norm apply +
 two 1x1x1 convs + GELU) on NCDHW / channels_last_3d tensors; "cpp" runs cpp_ops on channels_last_3d
-inputs (the layout the model keeps), "cpp ncdhw" on NCDHW inputs (includes the layout copy), "cpp gemm"
+inputs (the layout the model keeps), "cpp out=" the same into an existing output tensor (what the model
+does for the stage blocks after the first: no fresh allocation, whose page faults cost ~2 ms of a ~10 ms
+1x32x64^3 conv here), "cpp ncdhw" on NCDHW inputs (includes the layout copy), "cpp gemm"
 is norm_mlp with the fused narrow-layer MLP turned off (ATen GEMM tiles), "cpp bf16" with bf16_gemms=True
 (wide layers' GEMMs in bf16; shown where the CPU has native bf16; narrow layers ignore it).
 Speed-up = torch time / cpp time, measured in the same process: medians, the columns of an op timed in
 alternating rounds (benchmarks.measure), on --threads threads. GFLOP/s count useful multiply-adds only
-(taps on the zero padding are left out); "% of peak" divides by the fp32 FMA peak of the same threads
-measured at start (_C.fma_peak_gflops).
+(taps on the zero padding are left out); "% of peak" divides the "cpp" (and "cpp out=") GFLOP/s by the
+fp32 FMA peak of the same threads measured at start (_C.fma_peak_gflops).
 """
 from __future__ import annotations
 
@@ -58,14 +60,16 @@ def bench_dwconv(args, rows):
             w = torch.randn(args.channels, 1, k, k, k)
             b = torch.randn(args.channels)
             xc = x.contiguous(memory_format=CL)
+            out = torch.empty_like(cpp_ops.dwconv_stats(xc, w, b, stride, transposed)[0])
             flop = 2 * args.channels * useful_taps(args.size, k, stride, transposed) ** 3
             t = times_ms({
                 "torch ncdhw": lambda: ops.dwconv_stats(x, w, b, stride, transposed),
                 "torch cl3d": lambda: ops.dwconv_stats(xc, w, b, stride, transposed),
                 "cpp": lambda: cpp_ops.dwconv_stats(xc, w, b, stride, transposed),
+                "cpp out=": lambda: cpp_ops.dwconv_stats(xc, w, b, stride, transposed, out=out),
                 "cpp ncdhw": lambda: cpp_ops.dwconv_stats(x, w, b, stride, transposed),
             }, args.min_time)
-            rows.append((f"dwconv_stats {mode} k={k}", t, flop / t["cpp"] / 1e6))
+            rows.append((f"dwconv_stats {mode} k={k}", t, flop))
 
 
 def bench_norm_mlp(args, rows):
@@ -95,7 +99,7 @@ def bench_norm_mlp(args, rows):
             "cpp gemm": gemm_tiles,
         } | ({"cpp bf16": lambda: cpp_ops.norm_mlp(yc, s1, s2, *p, residual=resc, bf16_gemms=True)}
              if cpp_ops.native_bf16() else {}), args.min_time)
-        rows.append((f"norm_mlp C={c} R={r} +res", t, flop / t["cpp"] / 1e6))
+        rows.append((f"norm_mlp C={c} R={r} +res", t, flop))
 
 
 def main(argv=None):
@@ -125,13 +129,15 @@ def main(argv=None):
             bench_dwconv(args, rows)
         if "norm_mlp" not in args.skip:
             bench_norm_mlp(args, rows)
-    cols = ["torch ncdhw", "torch cl3d", "cpp", "cpp ncdhw", "cpp gemm", "cpp bf16"]
-    print(f"| op | {' | '.join(cols)} | vs ncdhw | vs cl3d | cpp GFLOP/s | % of peak |")
-    print("|---" * (len(cols) + 5) + "|")
-    for name, t, gflops in rows:
+    cols = ["torch ncdhw", "torch cl3d", "cpp", "cpp out=", "cpp ncdhw", "cpp gemm", "cpp bf16"]
+    print(f"| op | {' | '.join(cols)} | vs ncdhw | vs cl3d | cpp GFLOP/s | % of peak | % of peak (out=) |")
+    print("|---" * (len(cols) + 6) + "|")
+    for name, t, flop in rows:
         cells = " | ".join(f"{t[c]:.1f}" if c in t else "-" for c in cols)
+        gflops = flop / t["cpp"] / 1e6
+        out_share = f"{100 * flop / t['cpp out='] / 1e6 / peak:.0f} %" if "cpp out=" in t else "-"
         print(f"| {name} | {cells} | {t['torch ncdhw'] / t['cpp']:.2f}x | {t['torch cl3d'] / t['cpp']:.2f}x "
-              f"| {gflops:.1f} | {100 * gflops / peak:.0f} % |")
+              f"| {gflops:.1f} | {100 * gflops / peak:.0f} % | {out_share} |")
 
 
 if __name__ == "__main__":

@@ -82,5 +82,5 @@ def test_cpp_op_benchmark_reports_share_of_measured_peak(capsys):
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "measured FMA peak of 1 thread(s)" in out and "% of peak" in out
+    assert "measured FMA peak of 1 thread(s)" in out and "% of peak (out=)" in out and "| cpp out= |" in out
     assert "| dwconv_stats stride1 k=5 |" in out and "| norm_mlp C=16 R=2 +res |" in out

@@ -240,6 +240,11 @@ static void test_gelu() {
     std::vector<float> nan(3, NAN);
     gelu_inplace(nan.data(), 3);
     CHECK(std::isnan(nan[0]) && std::isnan(nan[2]), "gelu %s must propagate NaN", name);
+    // Far negative inputs: x Phi(x) underflows, so exactly 0 (not a tiny multiple of x).
+    float tail[3] = {-30.f, -1e4f, -3e38f};
+    gelu_inplace(tail, 3);
+    CHECK(tail[0] == 0.f && tail[1] == 0.f && tail[2] == 0.f, "gelu %s: far negative inputs give %g %g %g, not 0",
+          name, tail[0], tail[1], tail[2]);
     std::printf("gelu %s: max error %.3g\n", name, worst);
   }
 }
