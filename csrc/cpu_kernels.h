@@ -52,7 +52,7 @@ int dim_taps(int64_t o, int64_t n_in, int k, int stride, bool transposed, int* t
 void dwconv_planes(const DwConvShape& s, const float* x, const float* wt, const float* bias, float* y,
                    int64_t task_begin, int64_t task_end, double* s1, double* s2);
 
-// Exact-form GELU 0.5 x (1 + erf(x / sqrt 2)) in place; |error| <= 2e-7 * max(1, |x|) (A&S 7.1.26 erf).
+// Exact-form GELU 0.5 x (1 + erf(x / sqrt 2)) in place; |error| <= 2.3e-7 * max(1, |x|) (rational erf fit).
 void gelu_inplace(float* x, int64_t n);
 
 // Fused MLP over nv voxels (channels-last rows): out[v, :] = bc + res[v, :] (res may be null)
