@@ -10,7 +10,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dwconv_stats", &mednext_fast::dwconv_stats, "depthwise conv3d + per-(n, c) sum / sum of squares",
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("transposed"),
         py::arg("plane_begin") = 0, py::arg("plane_end") = -1, py::arg("out") = py::none(),
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("stats_only") = false, py::call_guard<py::gil_scoped_release>());
   m.def("norm_mlp", &mednext_fast::norm_mlp, "GroupNorm-apply + expansion + GELU + compression + residual",
         py::arg("y"), py::arg("s1"), py::arg("s2"), py::arg("gamma"), py::arg("beta"), py::arg("w_expand"),
         py::arg("b_expand"), py::arg("w_compress"), py::arg("b_compress"), py::arg("residual"), py::arg("eps"),

@@ -46,7 +46,8 @@ bool plan_shape(DwConvShape& s);
 int dim_taps(int64_t o, int64_t n_in, int k, int stride, bool transposed, int* taps, int64_t* idx);
 
 // Computes tasks [task_begin, task_end), task = n * d_count + (od - d_begin) for the selected output
-// D-planes od, each stored at y + task * Ho*Wo*C. Adds each
+// D-planes od, each stored at y + task * Ho*Wo*C (y null: statistics only, the output is discarded
+// row by row into a small scratch). Adds each
 // plane's per-channel sum and sum of squares into s1/s2 (N*C doubles, caller-owned, not thread-safe:
 // give each thread its own). bias may be null. Uses about k * Hi * (Wi + k) * C floats of scratch.
 void dwconv_planes(const DwConvShape& s, const float* x, const float* wt, const float* bias, float* y,

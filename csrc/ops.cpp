@@ -72,7 +72,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x,
                                                             const std::optional<at::Tensor>& bias,
                                                             int64_t stride, bool transposed,
                                                             int64_t plane_begin, int64_t plane_end,
-                                                            const std::optional<at::Tensor>& out_buffer) {
+                                                            const std::optional<at::Tensor>& out_buffer,
+                                                            bool stats_only) {
   check_cpu_f32(x, "x");
   check_cpu_f32(weight, "weight");
   TORCH_CHECK(x.dim() == 5, "dwconv_stats: x must be (N, C, D, H, W), got shape ", x.sizes());
@@ -107,8 +108,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x,
   at::NoGradGuard no_grad;
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast3d);
   const at::Tensor wt = weight.reshape({C, k * k * k}).t().contiguous();  // (kd, kh, kw, C)
-  at::Tensor y;
+  at::Tensor y;  // stays undefined with stats_only
   if (out_buffer.has_value() && out_buffer->defined()) {
+    TORCH_CHECK(!stats_only, "dwconv_stats: stats_only computes no output, so out must not be given");
     // The caller's buffer (a dead activation of this shape): saves a fresh allocation and its page faults.
     y = *out_buffer;
     check_cpu_f32(y, "out");
@@ -119,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x,
     for (const at::Tensor* other : {&xc, &weight})
       TORCH_CHECK(at::get_overlap_status(y, *other) == at::MemOverlapStatus::No,
                   "dwconv_stats: out must not overlap the input or the weight");
-  } else {
+  } else if (!stats_only) {
     y = empty_cl3d({N, C, s.d_count, s.Ho, s.Wo}, x.options());
   }
 
@@ -128,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x,
   const float* xp = xc.data_ptr<float>();
   const float* wp = wt.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
+  float* yp = y.defined() ? y.data_ptr<float>() : nullptr;
   at::parallel_for(0, N * s.d_count, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> l1(N * C, 0.0), l2(N * C, 0.0);
     cpu::dwconv_planes(s, xp, wp, bp, yp, begin, end, l1.data(), l2.data());

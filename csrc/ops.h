@@ -12,12 +12,14 @@ namespace mednext_fast {
 // or none. Returns y (channels_last_3d), s1, s2 (N, C). With a plane range only output D-planes
 // [plane_begin, plane_end) are computed: y is (N, C, plane_end - plane_begin, H', W') and s1, s2 sum
 // over those planes (plane_end -1: to the last plane). out: a channels_last_3d buffer of y's shape to
-// write y into instead of a new tensor (it must not overlap x).
+// write y into instead of a new tensor (it must not overlap x). stats_only: only s1, s2 (y is returned
+// undefined; no output memory is written).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x, const at::Tensor& weight,
                                                             const std::optional<at::Tensor>& bias,
                                                             int64_t stride, bool transposed,
                                                             int64_t plane_begin = 0, int64_t plane_end = -1,
-                                                            const std::optional<at::Tensor>& out = std::nullopt);
+                                                            const std::optional<at::Tensor>& out = std::nullopt,
+                                                            bool stats_only = false);
 
 // GroupNorm(groups=C) from (s1, s2), 1x1x1 expansion, exact GELU, 1x1x1 compression, optional residual.
 // Returns (N, C_out, D, H, W) fp32, channels_last_3d: a new tensor, or `out` (channels_last_3d-

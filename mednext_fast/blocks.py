@@ -185,8 +185,9 @@ class MedNeXtUpBlock(_ResampleBlock):
         """``skip + self(x)`` written into ``skip``, for inference-only backends (``ops.inference_only``).
 
         At full resolution the depthwise output has twice the output's channels; here it is never whole
-        in memory: one pass over chunks of output planes for the GroupNorm statistics, a second that
-        recomputes each chunk and adds its MLP output into ``skip``. The front pad and the residual
+        in memory: one statistics-only pass for the GroupNorm statistics (the op writes no output), a
+        second that recomputes the output in chunks of planes and adds each chunk's MLP output into
+        ``skip``. The front pad and the residual
         (bias everywhere, W^T x on even voxels) are written into ``skip`` directly, never materialised.
         """
         inner = skip[:, :, 1:, 1:, 1:]  # the official front pad puts the block's output after plane 0
@@ -197,10 +198,7 @@ class MedNeXtUpBlock(_ResampleBlock):
         step = max(torch.get_num_threads(), self.chunk_bytes // plane, 1)
         chunks = [(d, min(d + step, depth)) for d in range(0, depth, step)]
         conv = dict(weight=self.conv1.weight, bias=self.conv1.bias, stride=2, transposed=True)
-        s1 = s2 = 0
-        for planes in chunks:
-            _, a, b = ops.dwconv_stats(x, **conv, planes=planes)
-            s1, s2 = s1 + a, s2 + b
+        _, s1, s2 = ops.dwconv_stats(x, **conv, stats_only=True)
         for begin, end in chunks:
             y, _, _ = ops.dwconv_stats(x, **conv, planes=(begin, end))
             # norm_mlp divides the sums by the voxel count of the y it gets: scale them to this chunk.

@@ -82,7 +82,7 @@ def _check_no_grad(*tensors) -> None:
 
 def dwconv_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  stride: int = 1, transposed: bool = False, planes: tuple[int, int] | None = None,
-                 out: torch.Tensor | None = None):
+                 out: torch.Tensor | None = None, stats_only: bool = False):
     """Depthwise conv3d (padding k//2) + per-(n, c) sum and sum of squares; see ``ops.dwconv_stats``.
 
     stride 1 keeps the size, stride 2 gives ceil(n/2), transposed=True (stride 2) gives 2n-1.
@@ -90,6 +90,7 @@ def dwconv_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     planes=(begin, end) computes only output D-planes [begin, end): y holds those planes and s1/s2 sum
     over them (a large output computed piece by piece). ``out`` (channels_last_3d-contiguous, y's shape,
     not overlapping x) receives y instead of a new tensor: a dead activation reused, no page faults.
+    stats_only=True returns (None, s1, s2): the statistics without writing (or allocating) the output.
     """
     lib = _require_built()
     _check("x", x, (5,))
@@ -99,6 +100,8 @@ def dwconv_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if bias is not None:
         _check("bias", bias, (1,))
     _check_no_grad(x, weight, bias, out)
+    if stats_only and out is not None:
+        raise ValueError("cpp_ops.dwconv_stats: stats_only computes no output, so out must not be given")
     c, k = x.shape[1], weight.shape[2]
     if tuple(weight.shape) != (c, 1, k, k, k) or k % 2 == 0 or k > 7:
         raise ValueError(f"cpp_ops.dwconv_stats: weight must be (C, 1, k, k, k) with C={c} and odd k <= 7, "
@@ -110,7 +113,7 @@ def dwconv_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if x.numel() == 0:
         raise ValueError(f"cpp_ops.dwconv_stats: empty input of shape {tuple(x.shape)}")
     begin, end = (0, -1) if planes is None else (int(planes[0]), int(planes[1]))
-    return lib.dwconv_stats(x, weight, bias, int(stride), bool(transposed), begin, end, out)
+    return lib.dwconv_stats(x, weight, bias, int(stride), bool(transposed), begin, end, out, bool(stats_only))
 
 
 def norm_mlp(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,

@@ -137,6 +137,30 @@ def test_dwconv_stats_writes_into_out(mode):
         assert torch.equal(a, r)
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_dwconv_stats_only(k, mode, threads):
+    """stats_only=True gives no y and the same statistics as the full op (all planes and a plane range);
+    C = 36 runs both the 16-channel kernels and a channel remainder."""
+    stride, transposed = MODES[mode]
+    g = torch.Generator().manual_seed(k * 7 + len(mode))
+    x = torch.randn(2, 36, 6, 9, 13, generator=g).contiguous(memory_format=CL)
+    w, b = torch.randn(36, 1, k, k, k, generator=g), torch.randn(36, generator=g)
+    with torch.no_grad():
+        depth = cpp_ops.dwconv_stats(x, w, b, stride, transposed)[0].shape[2]
+        for planes in [None, (1, depth - 1)]:
+            full = cpp_ops.dwconv_stats(x, w, b, stride, transposed, planes=planes)
+            y, s1, s2 = cpp_ops.dwconv_stats(x, w, b, stride, transposed, planes=planes, stats_only=True)
+            assert y is None
+            assert torch.equal(s1, full[1]) and torch.equal(s2, full[2]), planes
+
+
+def test_dwconv_stats_only_takes_no_out():
+    x = torch.randn(1, 16, 4, 5, 6).contiguous(memory_format=CL)
+    with pytest.raises(ValueError, match="stats_only"), torch.no_grad():
+        cpp_ops.dwconv_stats(x, torch.randn(16, 1, 3, 3, 3), None, out=torch.empty_like(x), stats_only=True)
+
+
 @pytest.mark.parametrize("case,match", [
     ("shape", "out must be"), ("layout", "channels_last_3d"), ("overlap", "overlap"), ("dtype", "float32")])
 def test_dwconv_stats_rejects_bad_out(case, match):
@@ -362,6 +386,8 @@ def test_extension_checks_without_the_python_wrapper():
         _C.dwconv_stats(x.double(), w, b, 1, False)
     with pytest.raises(RuntimeError, match="kernel size"):
         _C.dwconv_stats(x, torch.randn(4, 1, 2, 2, 2), b, 1, False)
+    with pytest.raises(RuntimeError, match="stats_only"):
+        _C.dwconv_stats(x, w, b, 1, False, out=torch.empty_like(x, memory_format=CL), stats_only=True)
     args = list(_mlp_args(1, 4, 2, 4, (3, 3, 3), 5, torch.Generator().manual_seed(0)))
     args[6] = torch.randn(3)
     with pytest.raises(RuntimeError, match="b_expand"):

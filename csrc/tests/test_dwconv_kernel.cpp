@@ -187,6 +187,16 @@ static void run_case(const char* isa_name, int64_t N, int64_t C, int64_t D, int6
   const double pserr = perr < INFINITY ? stats_error(yp, N, C, p1.data(), p2.data()) : INFINITY;
   CHECK(perr < 1e-4 && pserr < 1e-5, "%s planes [%ld, %ld) of N=%ld C=%ld k=%d stride=%d transposed=%d: err %g, stats %g",
         isa_name, (long)part.d_begin, (long)s.Do, (long)N, (long)C, k, stride, transposed, perr, pserr);
+
+  // Statistics only (y null): the same sums, no output written.
+  std::vector<double> q1(N * C, 0.0), q2(N * C, 0.0);
+  dwconv_planes(part, x.data(), wt.data(), with_bias ? bias.data() : nullptr, nullptr, 0, N * part.d_count,
+                q1.data(), q2.data());
+  double qerr = 0.0;
+  for (int64_t i = 0; i < N * C; ++i)
+    qerr = std::fmax(qerr, std::fmax(std::fabs(q1[i] - p1[i]), std::fabs(q2[i] - p2[i])) / (1.0 + std::fabs(p2[i])));
+  CHECK(qerr < 1e-12, "%s stats only, planes [%ld, %ld) of N=%ld C=%ld k=%d stride=%d transposed=%d: differs by %g",
+        isa_name, (long)part.d_begin, (long)s.Do, (long)N, (long)C, k, stride, transposed, qerr);
 }
 
 static void test_kernel() {
