@@ -15,6 +15,7 @@
 #endif
 #define MNF_ISA_NS isa_avx2
 #define MNF_VEC_BYTES 32  // widest float vector of the ISA (fma_peak)
+#define MNF_AVX512 0  // AVX-512 intrinsics (fused MLP block, GELU on 16 lanes)
 #define MNF_SLIDING 0  // stride-1 sliding-window blocks (need ~16 vector registers)
 #define MNF_WB 4  // outputs per register block: 4 x 16 channels fill half the vector registers
 

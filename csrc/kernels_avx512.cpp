@@ -17,6 +17,7 @@
 #endif
 #define MNF_ISA_NS isa_avx512
 #define MNF_VEC_BYTES 64  // widest float vector of the ISA (fma_peak)
+#define MNF_AVX512 1  // AVX-512 intrinsics (fused MLP block, GELU on 16 lanes)
 #define MNF_SLIDING 1  // stride-1 sliding-window blocks (need ~16 vector registers)
 #define MNF_WB 8  // outputs per register block: 8 x 16 channels fill half the vector registers
 #define MNF_SLIDE_WB 16  // sliding blocks: 16 accumulators + K <= 7 weights + 1 input <= 24 of 32 zmm

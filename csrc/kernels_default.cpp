@@ -11,6 +11,7 @@
 #define MNF_ISA_ENABLED 1
 #define MNF_ISA_NS isa_default
 #define MNF_VEC_BYTES 16  // widest float vector of the ISA (fma_peak)
+#define MNF_AVX512 0  // AVX-512 intrinsics (fused MLP block, GELU on 16 lanes)
 #define MNF_SLIDING 0  // stride-1 sliding-window blocks (need ~16 vector registers)
 #define MNF_WB 2  // outputs per register block: 2 x 16 channels fill half the vector registers
 
