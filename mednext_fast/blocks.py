@@ -187,8 +187,8 @@ class MedNeXtUpBlock(_ResampleBlock):
         At full resolution the depthwise output has twice the output's channels; here it is never whole
         in memory: one statistics-only pass for the GroupNorm statistics (the op writes no output), a
         second that recomputes the output in chunks of planes and adds each chunk's MLP output into
-        ``skip``. The front pad and the residual
-        (bias everywhere, W^T x on even voxels) are written into ``skip`` directly, never materialised.
+        ``skip``. The front pad and the residual (bias everywhere, W^T x on even voxels) are written into
+        ``skip`` directly, never materialised.
         """
         inner = skip[:, :, 1:, 1:, 1:]  # the official front pad puts the block's output after plane 0
         if self.resample_do_res:
