@@ -13,10 +13,6 @@
 #include <mutex>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "cpu_kernels.h"
 
 namespace mednext_fast {
@@ -34,19 +30,11 @@ at::Tensor voxels_by_channel(const at::Tensor& t) {
   return t.permute({0, 2, 3, 4, 1}).reshape({t.size(0), -1, t.size(1)});
 }
 
-// Large fresh outputs: ask for transparent huge pages before the first touch. On the project VM page
-// faults on a new 100 MB+ activation cost as much as the op itself (2 GB/s); with 2 MiB pages this
-// drops ~4x. A no-op where THP is off, for small tensors, and off Linux.
+// Fresh outputs are plain ATen allocations, channels-last. (Asking for transparent huge pages here,
+// madvise(MADV_HUGEPAGE), made an isolated 128^3 conv 10-25 % faster but the first 268 MB conv of the
+// S model 5x slower, ~0.5 s of a 2.5 s forward: it was removed.)
 at::Tensor empty_cl3d(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options.memory_format(at::MemoryFormat::ChannelsLast3d));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t lo = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t hi = lo + t.nbytes();
-  const uintptr_t a = (lo + kHuge - 1) & ~(kHuge - 1), b = hi & ~(kHuge - 1);
-  if (b > a && b - a >= 2 * kHuge) madvise(reinterpret_cast<void*>(a), b - a, MADV_HUGEPAGE);
-#endif
-  return t;
+  return at::empty(sizes, options.memory_format(at::MemoryFormat::ChannelsLast3d));
 }
 
 std::atomic<bool> g_mlp_fused{true};
