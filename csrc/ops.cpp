@@ -30,9 +30,10 @@ at::Tensor voxels_by_channel(const at::Tensor& t) {
   return t.permute({0, 2, 3, 4, 1}).reshape({t.size(0), -1, t.size(1)});
 }
 
-// Fresh outputs are plain ATen allocations, channels-last. (Asking for transparent huge pages here,
-// madvise(MADV_HUGEPAGE), made an isolated 128^3 conv 10-25 % faster but the first 268 MB conv of the
-// S model 5x slower, ~0.5 s of a 2.5 s forward: it was removed.)
+// Fresh outputs are plain ATen allocations, channels-last. Asking for transparent huge pages on them
+// (madvise(MADV_HUGEPAGE)) was removed: on the project VM a process's first huge-page touches cost ~5x
+// those of 4 KiB pages (0.5 s for a 268 MB output), later ones ~0.7x, and the S 128^3 forward kept
+// paying the slow kind (3.1 s with, 2.2 s without, glibc defaults).
 at::Tensor empty_cl3d(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return at::empty(sizes, options.memory_format(at::MemoryFormat::ChannelsLast3d));
 }
