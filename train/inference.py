@@ -85,8 +85,10 @@ def sliding_window(model, image: torch.Tensor | np.ndarray, patch_size: Sequence
     tiles = list(itertools.product(*steps))
     if progress is not None:
         progress.reset(total=len(tiles))
-    was_training = model.training
+    was_training, had_ds = model.training, getattr(model, "do_ds", False)
     model.eval()
+    if had_ds:
+        model.do_ds = False  # only full resolution is kept: skip the deep-supervision heads, as nnU-Net does
     try:
         for i in range(0, len(tiles), batch_size):
             chunk = tiles[i:i + batch_size]
@@ -101,6 +103,8 @@ def sliding_window(model, image: torch.Tensor | np.ndarray, patch_size: Sequence
                 progress.update(len(chunk))
     finally:
         model.train(was_training)
+        if had_ds:
+            model.do_ds = True
     out = acc / norm
     crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
     return out[(slice(None),) + crop].cpu()

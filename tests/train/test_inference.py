@@ -29,6 +29,19 @@ def test_prediction_shape_equals_input_shape(shape):
     assert torch.isfinite(out).all()
 
 
+def test_deep_supervision_heads_skipped_and_restored():
+    model = _tiny(ds=True)
+    calls = []
+    model.out_1.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(1, 32, 32, 32)
+    got = sliding_window(model, x, (32, 32, 32), 2)
+    assert calls == [] and model.do_ds  # only full resolution computed; the flag is back afterwards
+    with torch.no_grad():
+        expected = model(x[None])[0][0]
+    assert calls == [1]
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
 def test_steps_follow_nnunet():
     # ceil((size - patch) / (patch * 0.5)) + 1 steps, spread evenly from 0 to size - patch:
     # 100: ceil(68 / 16) + 1 = 6 steps at multiples of 68 / 5 = 13.6, rounded
