@@ -30,10 +30,8 @@ at::Tensor voxels_by_channel(const at::Tensor& t) {
   return t.permute({0, 2, 3, 4, 1}).reshape({t.size(0), -1, t.size(1)});
 }
 
-// Fresh outputs are plain ATen allocations, channels-last. Asking for transparent huge pages on them
-// (madvise(MADV_HUGEPAGE)) was removed: on the project VM a process's first huge-page touches cost ~5x
-// those of 4 KiB pages (0.5 s for a 268 MB output), later ones ~0.7x, and model forwards never gained
-// (glibc defaults, A/B runs: S 128^3 2.2-3.1 s with, 2.15-2.5 s without; L 64^3 0.87-0.92 / 0.80-0.83 s).
+// Fresh outputs are plain ATen allocations, channels-last. No huge-page request (madvise): on the project
+// VM it made model forwards slower, never faster (measurements in csrc/README.md).
 at::Tensor empty_cl3d(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return at::empty(sizes, options.memory_format(at::MemoryFormat::ChannelsLast3d));
 }
