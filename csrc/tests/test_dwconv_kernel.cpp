@@ -219,12 +219,13 @@ static void test_kernel() {
         run_case(name, 1, 3, 1, 1, 1, k, st, tr, true, rng);
         run_case(name, 1, 16, 4, 3, 37, k, st, tr, true, rng);
         run_case(name, 1, 1024, 2, 1, 3, k, st, tr, true, rng);  // row pitch a multiple of 4 KiB
+        run_case(name, 2, 72, 3, 5, 37, k, st, tr, true, rng);  // transposed: 4 channel blocks per output block + 8
         // Bands of output rows (one row, an odd band, an even band not dividing H) with full row-pair
         // register blocks and every remainder block (W = 31: 12 + 12 + 4 + 2 + 1, 10 x 3 + 1, 8 x 3 + 4 + 2 + 1).
         run_case(name, 2, 32, 4, 11, 31, k, st, tr, true, rng, 1);
         run_case(name, 1, 20, 6, 13, 23, k, st, tr, true, rng, 3);
         run_case(name, 1, 48, 5, 9, 31, k, st, tr, false, rng, 4);
-        cases += 9;
+        cases += 10;
       }
     std::printf("ISA %s: %d kernel cases\n", name, cases);
   }
