@@ -1,12 +1,13 @@
-"""Reading MedNeXt weights from checkpoint files, and writing files atomically."""
+"""Reading MedNeXt weights from checkpoint files, and writing them atomically."""
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 
 import torch
+
+from .atomic import save_torch
 
 # Where known trainers keep the weights inside a checkpoint dict: nnU-Net v1 and the official MedNeXt
 # ('state_dict'), nnU-Net v2 ('network_weights'), ours and many scripts ('model').
@@ -55,16 +56,4 @@ def load_state_dict_file(path: str, trust_pickle: bool = False) -> OrderedDict:
 
 def save_atomic(obj, path: str) -> None:
     """torch.save to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_torch(obj, path)
