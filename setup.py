@@ -7,7 +7,7 @@ extension compiles against the torch already installed (an isolated build would 
 
 The C++ extension ``mednext_fast._C`` (csrc/, the 'cpp' backend) is optional: if torch is missing, the
 compiler fails, or ``MEDNEXT_FAST_NO_EXT=1`` is set, the install still succeeds without it and prints a
-warning; ``mednext_fast.cpp_ops.available()`` then says how to build it.
+warning; ``mednext_fast.backends.cpp.available()`` then says how to build it.
 """
 import os
 import sys
@@ -34,7 +34,7 @@ def _warn(msg):
 
 
 # pip hides a successful build's output, so a failed extension build is also recorded here and
-# reported by mednext_fast.cpp_ops.available().
+# reported by mednext_fast.backends.cpp.available().
 FAILURE_NOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mednext_fast", "_C_build_error.txt")
 
 

@@ -14,7 +14,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("norm_mlp", &mednext_fast::norm_mlp, "GroupNorm-apply + expansion + GELU + compression + residual",
         py::arg("y"), py::arg("s1"), py::arg("s2"), py::arg("gamma"), py::arg("beta"), py::arg("w_expand"),
         py::arg("b_expand"), py::arg("w_compress"), py::arg("b_compress"), py::arg("residual"), py::arg("eps"),
-        py::arg("out") = py::none(), py::arg("bf16_gemms") = false,
+        py::arg("out") = py::none(), py::arg("bf16_gemms") = false, py::arg("count") = 0,
         py::call_guard<py::gil_scoped_release>());
   m.def("norm_mlp_tile", &mednext_fast::norm_mlp_tile, "voxels per norm_mlp tile for a hidden width",
         py::arg("rc"), py::arg("bf16") = false);

@@ -151,7 +151,7 @@ at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor&
                     const at::Tensor& beta, const at::Tensor& w_expand, const at::Tensor& b_expand,
                     const at::Tensor& w_compress, const at::Tensor& b_compress,
                     const std::optional<at::Tensor>& residual, double eps,
-                    const std::optional<at::Tensor>& out_buffer, bool bf16_gemms) {
+                    const std::optional<at::Tensor>& out_buffer, bool bf16_gemms, int64_t count) {
   const char* names[] = {"y", "s1", "s2", "gamma", "beta", "w_expand", "b_expand", "w_compress", "b_compress"};
   const at::Tensor* ts[] = {&y, &s1, &s2, &gamma, &beta, &w_expand, &b_expand, &w_compress, &b_compress};
   for (int i = 0; i < 9; ++i) check_cpu_f32(*ts[i], names[i]);
@@ -183,9 +183,13 @@ at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor&
     res = voxels_by_channel(residual->contiguous(at::MemoryFormat::ChannelsLast3d));
   }
 
+  TORCH_CHECK(count >= 0, "norm_mlp: count must be > 0 (or 0 for the voxels of y), got ", count);
+  // s1 and s2 sum over `count` voxels: those of y, or of a whole output that y is one chunk of.
+  const double voxels = static_cast<double>(count > 0 ? count : S);
+
   at::NoGradGuard no_grad;
-  const at::Tensor mean = s1 / static_cast<double>(S);
-  const at::Tensor var = (s2 / static_cast<double>(S) - mean * mean).clamp_min(0);
+  const at::Tensor mean = s1 / voxels;
+  const at::Tensor var = (s2 / voxels - mean * mean).clamp_min(0);
   const at::Tensor rstd = at::rsqrt(var + eps);
   const at::Tensor scale = rstd * gamma.unsqueeze(0);         // (N, C)
   const at::Tensor shift = beta.unsqueeze(0) - mean * scale;  // (N, C)

@@ -29,7 +29,8 @@ at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor&
                     const at::Tensor& beta, const at::Tensor& w_expand, const at::Tensor& b_expand,
                     const at::Tensor& w_compress, const at::Tensor& b_compress,
                     const std::optional<at::Tensor>& residual, double eps,
-                    const std::optional<at::Tensor>& out = std::nullopt, bool bf16_gemms = false);
+                    const std::optional<at::Tensor>& out = std::nullopt, bool bf16_gemms = false,
+                    int64_t count = 0);
 
 // norm_mlp uses the fused register-resident MLP for narrow layers when on (default); returns the old
 // setting. Off forces ATen GEMM tiles everywhere (tests and benchmarks compare both).

@@ -24,10 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
+from mednext_fast.ops import check_dwconv_stats, out_size
+
 from ._common import (autocast_activation, channels_last_empty, check_device, check_float, interpreting,
                       next_pow2, to_rows)
 
-MAX_K = 7
 # Tests set this to force small blocks (several tiles, channel blocks and sub-blocks) in the interpreter.
 BLOCK_OVERRIDE: Optional[dict] = None
 
@@ -199,13 +200,6 @@ def _numel(dims) -> int:
     return d * h * w
 
 
-def out_size(size: int, stride: int, transposed: bool) -> int:
-    """Output length of one spatial axis: stride 1 keeps it, stride 2 gives ceil(n/2), transposed 2n-1."""
-    if transposed:
-        return 2 * size - 1
-    return (size + 1) // 2 if stride == 2 else size
-
-
 def _weight_taps(weight: torch.Tensor) -> torch.Tensor:
     c = weight.shape[0]
     return weight.detach().reshape(c, -1).t().contiguous().float()  # (k^3, C)
@@ -338,24 +332,12 @@ def _check(x, weight, bias, stride, transposed):
     if x.dim() != 5:
         raise NotImplementedError(f"{name}: the Triton kernel is 3-D only, expected (N, C, D, H, W), "
                                   f"got shape {tuple(x.shape)}")
-    if stride not in (1, 2):
-        raise ValueError(f"{name}: stride must be 1 or 2, got {stride}")
+    check_dwconv_stats(x, weight, bias, stride, transposed, name=name)
     check_float(name, "x", x)
     check_float(name, "weight", weight)
-    c = x.shape[1]
-    if weight.dim() != 5 or weight.shape[0] != c or weight.shape[1] != 1 or len(set(weight.shape[2:])) != 1:
-        raise ValueError(f"{name}: weight must be ({c}, 1, k, k, k) for a depthwise conv over {c} channels, "
-                         f"got {tuple(weight.shape)}")
-    k = weight.shape[2]
-    if k % 2 == 0 or k > MAX_K:
-        raise ValueError(f"{name}: kernel size must be odd and <= {MAX_K}, got {k}")
     if bias is not None:
         check_float(name, "bias", bias)
-        if tuple(bias.shape) != (c,):
-            raise ValueError(f"{name}: bias must be ({c},), got {tuple(bias.shape)}")
-    if x.numel() == 0:
-        raise ValueError(f"{name}: empty input of shape {tuple(x.shape)}")
-    largest = max(x[0].numel(), c * _numel(tuple(out_size(v, stride, transposed) for v in x.shape[2:])))
+    largest = max(x[0].numel(), x.shape[1] * _numel(tuple(out_size(v, stride, transposed) for v in x.shape[2:])))
     if largest >= 2 ** 31:
         raise ValueError(f"{name}: one sample has {largest} elements (input or output); the kernels index a "
                          "sample with 32-bit offsets (< 2**31)")
@@ -363,14 +345,19 @@ def _check(x, weight, bias, stride, transposed):
 
 
 def dwconv_stats(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                 stride: int = 1, transposed: bool = False):
+                 stride: int = 1, transposed: bool = False, *, planes=None, out=None, stats_only: bool = False):
     """Triton ``mednext_fast.ops.dwconv_stats``: returns (y, s1, s2).
 
     stride=1 keeps the size, stride=2 gives ceil(n/2) per axis, transposed=True is the stride-2 transposed
     conv (2n-1 per axis; ``stride`` is then ignored, as in the reference). Padding k//2 throughout.
     y has x's dtype (the autocast dtype under autocast) and is stored channels-last; s1, s2 are fp32 (N, C).
     Accepts NCDHW or channels_last_3d x (channels_last_3d avoids one copy). Differentiable.
+    The options ``planes``, ``out`` and ``stats_only`` are not supported: autograd needs whole, fresh outputs.
     """
+    for option, value in (("planes", planes), ("out", out), ("stats_only", stats_only or None)):
+        if value is not None:
+            raise NotImplementedError(f"dwconv_stats: the Triton backend takes no {option}= (autograd saves "
+                                      "whole, fresh outputs); call it without")
     transposed = bool(transposed)
     stride = 2 if transposed else int(stride)
     x = autocast_activation(x)

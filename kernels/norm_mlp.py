@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mednext_fast.ops import check_norm_mlp
+
 from ._common import (autocast_activation, channels_last_empty, check_device, check_float, interpreting,
                       next_pow2, to_rows)
 
@@ -261,7 +263,7 @@ class _Launch(NamedTuple):
     shift: torch.Tensor
 
 
-def _launch(y, s1, s2, gamma, beta, w_expand, w_compress, eps) -> _Launch:
+def _launch(y, s1, s2, gamma, beta, w_expand, w_compress, eps, count) -> _Launch:
     n, c = y.shape[:2]
     s = y[0, 0].numel()
     interp = interpreting(y)
@@ -269,7 +271,7 @@ def _launch(y, s1, s2, gamma, beta, w_expand, w_compress, eps) -> _Launch:
     w1, w2 = _weights(w_expand, w_compress, c, w_compress.shape[0], y.dtype, dot)
     rc, co = w1.shape[0], w2.shape[0]
     cfg = _blocks(c, rc, co, s, interp, w1.element_size())
-    _, _, _, scale, shift = _affine(s1.float(), s2.float(), gamma, beta, s, eps)
+    _, _, _, scale, shift = _affine(s1.float(), s2.float(), gamma, beta, count or s, eps)
     return _Launch(n, c, tuple(y.shape[2:]), s, act, dot, ieee, w1, w2, rc, co, cfg,
                    scale.contiguous(), shift.contiguous())
 
@@ -279,9 +281,9 @@ def _out_dtype(y, residual):
     return y.dtype if residual is None else torch.promote_types(y.dtype, residual.dtype)
 
 
-def _forward(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps):
+def _forward(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps, count):
     n, c, spatial, s, act, dot, ieee, w1, w2, rc, co, cfg, scale, shift = _launch(
-        y, s1, s2, gamma, beta, w_expand, w_compress, eps)
+        y, s1, s2, gamma, beta, w_expand, w_compress, eps, count)
     out = channels_last_empty(n, co, spatial, _out_dtype(y, residual), y.device)
     res_rows = to_rows(residual) if residual is not None else out
     tiles = triton.cdiv(s, cfg["BM"])
@@ -294,9 +296,9 @@ def _forward(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress,
     return out
 
 
-def _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, eps):
+def _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, eps, count):
     n, c, spatial, s, act, dot, ieee, w1, w2, rc, co, cfg, scale, shift = _launch(
-        y, s1, s2, gamma, beta, w_expand, w_compress, eps)
+        y, s1, s2, gamma, beta, w_expand, w_compress, eps, count)
     bm, bh, bci = cfg["BM"], cfg["BH"], cfg["BCI"]
     bco = max(16, next_pow2(co))  # the backward keeps every output channel of a row tile
     y_rows, go_rows = to_rows(y), to_rows(grad_out)
@@ -324,7 +326,7 @@ def _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, 
                                   BM=bm, BCI=bci, BH=bh, BCO=bco, num_warps=cfg["warps"], num_stages=cfg["stages"])
     a = a_part.view(n, tiles, c).sum(1)
     b = b_part.view(n, tiles, c).sum(1)
-    ds1, ds2, dgamma, dbeta = _stats_backward(a, b, s1.float(), s2.float(), gamma, beta, s, eps)
+    ds1, ds2, dgamma, dbeta = _stats_backward(a, b, s1.float(), s2.float(), gamma, beta, count or s, eps)
     db2 = go_rows.float().sum((0, 1))
     return dy, ds1, ds2, dgamma, dbeta, dw1p.sum(0), db1p.sum(0), dw2p.sum(0), db2
 
@@ -333,12 +335,14 @@ def _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, 
 @torch.library.custom_op("mednext_fast::norm_mlp", mutates_args=())
 def _norm_mlp_op(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                  w_expand: torch.Tensor, b_expand: torch.Tensor, w_compress: torch.Tensor,
-                 b_compress: torch.Tensor, residual: Optional[torch.Tensor], eps: float) -> torch.Tensor:
-    return _forward(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps)
+                 b_compress: torch.Tensor, residual: Optional[torch.Tensor], eps: float,
+                 count: int = 0) -> torch.Tensor:
+    # count: the voxels s1 and s2 sum over; 0 means y's own.
+    return _forward(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps, count)
 
 
 @_norm_mlp_op.register_fake
-def _(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps):
+def _(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps, count=0):
     return channels_last_empty(y.shape[0], w_compress.shape[0], tuple(y.shape[2:]), _out_dtype(y, residual),
                                y.device)
 
@@ -346,14 +350,14 @@ def _(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residu
 @torch.library.custom_op("mednext_fast::norm_mlp_backward", mutates_args=())
 def _norm_mlp_backward_op(grad_out: torch.Tensor, y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor,
                           gamma: torch.Tensor, beta: torch.Tensor, w_expand: torch.Tensor,
-                          b_expand: torch.Tensor, w_compress: torch.Tensor, eps: float) -> Tuple[
+                          b_expand: torch.Tensor, w_compress: torch.Tensor, eps: float, count: int) -> Tuple[
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, eps)
+    return _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, eps, count)
 
 
 @_norm_mlp_backward_op.register_fake
-def _(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, eps):
+def _(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, eps, count):
     n, c = y.shape[:2]
     rc, co = w_expand.shape[0], w_compress.shape[0]
 
@@ -364,8 +368,8 @@ def _(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, eps):
 
 
 def _setup_context(ctx, inputs, output):
-    y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps = inputs
-    ctx.eps = eps
+    y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, eps, count = inputs
+    ctx.eps, ctx.count = eps, count
     ctx.has_res = residual is not None
     ctx.res_dtype = residual.dtype if residual is not None else None
     ctx.dtypes = [t.dtype for t in (s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress)]
@@ -376,52 +380,25 @@ def _setup_context(ctx, inputs, output):
 def _backward_autograd(ctx, grad_out):
     y, s1, s2, gamma, beta, w_expand, b_expand, w_compress = ctx.saved_tensors
     dy, ds1, ds2, dgamma, dbeta, dw1, db1, dw2, db2 = _norm_mlp_backward_op(
-        grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, ctx.eps)
+        grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, ctx.eps, ctx.count)
     grads = [g.to(dt) for g, dt in zip((ds1, ds2, dgamma, dbeta, dw1.reshape(w_expand.shape), db1,
                                         dw2.reshape(w_compress.shape), db2), ctx.dtypes)]
     d_res = grad_out.to(ctx.res_dtype) if ctx.has_res else None
-    return (dy, *grads, d_res, None)
+    return (dy, *grads, d_res, None, None)
 
 
 _norm_mlp_op.register_autograd(_backward_autograd, setup_context=_setup_context)
 
 
 # -- public function -----------------------------------------------------------------------------------
-def _check(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual):
+def _check(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, count):
     name = "norm_mlp"
-    if y.dim() < 3:
-        raise ValueError(f"{name}: y must be (N, C, *spatial), got shape {tuple(y.shape)}")
-    if y.numel() == 0:
-        raise ValueError(f"{name}: empty input of shape {tuple(y.shape)}")
-    check_float(name, "y", y)
-    n, c = y.shape[:2]
-    for what, t in (("s1", s1), ("s2", s2)):
-        if t.dtype != torch.float32 or tuple(t.shape) != (n, c):
-            raise ValueError(f"{name}: {what} must be float32 of shape ({n}, {c}), got {t.dtype} "
-                             f"{tuple(t.shape)}")
-    for what, t in (("gamma", gamma), ("beta", beta)):
-        if t is None:
-            raise ValueError(f"{name}: {what} is required (GroupNorm with affine=False: pass ones / zeros)")
-        check_float(name, what, t)
-        if tuple(t.shape) != (c,):
-            raise ValueError(f"{name}: {what} must be ({c},), got {tuple(t.shape)}")
-    for what, t in (("w_expand", w_expand), ("b_expand", b_expand), ("w_compress", w_compress),
-                    ("b_compress", b_compress)):
-        check_float(name, what, t)
-    rc = w_expand.shape[0]
-    if w_expand.dim() < 2 or w_expand.shape[1] != c or any(d != 1 for d in w_expand.shape[2:]):
-        raise ValueError(f"{name}: w_expand must be (R*C, {c}[, 1, 1, 1]), got {tuple(w_expand.shape)}")
-    if tuple(b_expand.shape) != (rc,):
-        raise ValueError(f"{name}: b_expand must be ({rc},), got {tuple(b_expand.shape)}")
-    if w_compress.dim() < 2 or w_compress.shape[1] != rc or any(d != 1 for d in w_compress.shape[2:]):
-        raise ValueError(f"{name}: w_compress must be (C_out, {rc}[, 1, 1, 1]), got {tuple(w_compress.shape)}")
-    co = w_compress.shape[0]
-    if tuple(b_compress.shape) != (co,):
-        raise ValueError(f"{name}: b_compress must be ({co},), got {tuple(b_compress.shape)}")
-    if residual is not None:
-        check_float(name, "residual", residual)
-        if tuple(residual.shape) != (n, co, *y.shape[2:]):
-            raise ValueError(f"{name}: residual must be {(n, co, *y.shape[2:])}, got {tuple(residual.shape)}")
+    check_norm_mlp(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, count, name=name)
+    for what, t in (("y", y), ("gamma", gamma), ("beta", beta), ("w_expand", w_expand), ("b_expand", b_expand),
+                    ("w_compress", w_compress), ("b_compress", b_compress), ("residual", residual)):
+        if t is not None:
+            check_float(name, what, t)
+    c, co = y.shape[1], w_compress.shape[0]
     if max(c, co) * y[0, 0].numel() >= 2 ** 31:
         raise ValueError(f"{name}: a sample of {y[0, 0].numel()} voxels x {max(c, co)} channels is too large for "
                          "the kernels' 32-bit in-sample offsets")
@@ -430,15 +407,21 @@ def _check(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, r
 
 def norm_mlp(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
              w_expand: torch.Tensor, b_expand: torch.Tensor, w_compress: torch.Tensor, b_compress: torch.Tensor,
-             residual: Optional[torch.Tensor] = None, eps: float = 1e-5) -> torch.Tensor:
+             residual: Optional[torch.Tensor] = None, eps: float = 1e-5, *, count: Optional[int] = None,
+             out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Triton ``mednext_fast.ops.norm_mlp``: GroupNorm(C groups) from (s1, s2) + MLP + residual.
 
     Output dtype: y's (the autocast dtype under autocast), promoted with the residual's dtype as
     ``out + residual`` would. The output is stored channels-last. Differentiable in every tensor input.
+    ``out=`` is not supported: autograd saves the op's inputs, so it always writes a new tensor.
     """
+    if out is not None:
+        raise NotImplementedError("norm_mlp: the Triton backend takes no out= (its outputs are saved for "
+                                  "backward); call it without out")
     y = autocast_activation(y)
-    _check(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual)
-    return _norm_mlp_op(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, float(eps))
+    _check(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, count)
+    return _norm_mlp_op(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_compress, residual, float(eps),
+                        int(count or 0))
 
 
 __all__ = ["norm_mlp"]

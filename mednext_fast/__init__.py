@@ -5,18 +5,14 @@
 >>> mf.upkern(model, "b_k3.pt")            # UpKern from a trained kernel-3 checkpoint
 >>> mf.set_backend(model, "torch")         # or 'auto' / 'triton' / 'cpp'
 """
-from ._source_tree import extend_package_path
-
-extend_package_path(__path__)
-
-from .accelerate import accelerate  # noqa: E402
-from .backends import BACKENDS, BackendUnavailable  # noqa: E402
-from .blocks import MedNeXtBlock, MedNeXtDownBlock, MedNeXtUpBlock, OutBlock  # noqa: E402
-from .checkpoint_io import load_state_dict_file, save_atomic  # noqa: E402
-from .configs import VARIANTS, create_mednext  # noqa: E402
-from .convert import convert_state_dict  # noqa: E402
-from .model import MedNeXt  # noqa: E402
-from .upkern import upkern  # noqa: E402
+from .accelerate import accelerate
+from .backends import BACKENDS, BackendUnavailable
+from .blocks import MedNeXtBlock, MedNeXtDownBlock, MedNeXtUpBlock, OutBlock
+from .checkpoint_io import load_state_dict_file, save_atomic
+from .configs import VARIANTS, create_mednext
+from .convert import convert_state_dict
+from .model import MedNeXt
+from .upkern import upkern
 
 
 def set_backend(model: MedNeXt, name: str) -> MedNeXt:

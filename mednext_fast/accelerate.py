@@ -56,7 +56,7 @@ def accelerate(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Switch every MedNeXt block of ``model`` to ``backend`` in place and return ``model``."""
     backends.check_name(backend)
     if backend not in ("auto", "torch"):
-        backends.load_ops(backend)  # fail now, naming what is missing
+        backends.load(backend)  # fail now, naming what is missing
     kept = []
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):

@@ -1,8 +1,8 @@
 """MedNeXt blocks with the official module names, shapes and forward semantics.
 
-The ``torch`` path runs the sub-modules exactly as the official code does and is the reference every
-backend is tested against. Other backends (see ``backends.py``) run the same parameters through two
-fused ops, ``dwconv_stats`` and ``norm_mlp`` (contract in ``ops.py``).
+``reference`` runs the sub-modules exactly as the official code does and is what every backend is
+tested against; ``fused`` runs the same parameters through the two fused ops ``dwconv_stats`` and
+``norm_mlp`` of whichever backend the caller passes (contract: ``ops.py``).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import backends
+from .ops import MAX_KERNEL
 
 
 def _conv(dim: str, transposed: bool = False):
@@ -19,6 +20,14 @@ def _conv(dim: str, transposed: bool = False):
     if dim == "3d":
         return nn.ConvTranspose3d if transposed else nn.Conv3d
     return nn.ConvTranspose2d if transposed else nn.Conv2d
+
+
+class _OwnBackend:
+    def __repr__(self):
+        return "OWN_BACKEND"
+
+
+OWN_BACKEND = _OwnBackend()  # a block's forward without ops: the block picks them from its own backend
 
 
 class LayerNorm(nn.Module):
@@ -73,18 +82,32 @@ class MedNeXtBlock(nn.Module):
             shape = (1, exp_r * in_channels) + (1,) * (3 if dim == "3d" else 2)
             self.grn_beta = nn.Parameter(torch.zeros(shape))
             self.grn_gamma = nn.Parameter(torch.zeros(shape))
+        # The backend this block picks when it is called on its own (a block of a model built elsewhere,
+        # see accelerate); MedNeXt.forward decides once for all its blocks and passes the ops in.
         self.backend = "torch"
 
+    def forward(self, x: torch.Tensor, dummy_tensor=None, ops=OWN_BACKEND) -> torch.Tensor:
+        """``ops``: the fused ops to run with (their contract: ``mednext_fast/ops.py``), or None for the
+        reference path; by default the block asks its own ``backend``."""
+        if ops is OWN_BACKEND:
+            ops = backends.ops_for(self, x)
+        if ops is None or self.fusable() is not None:
+            return self._finish(self.reference(x))
+        return self._finish(self.fused(x, ops))
+
     # -- the reference path ------------------------------------------------------------------------
-    def _main_path(self, x: torch.Tensor) -> torch.Tensor:
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The official sub-module path (before the up block's front padding)."""
         x1 = self.act(self.conv2(self.norm(self.conv1(x))))
         if self.grn:
             gx = torch.norm(x1, p=2, dim=tuple(range(2, x1.dim())), keepdim=True)
             nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
             x1 = self.grn_gamma * (x1 * nx) + self.grn_beta + x1
-        return self.conv3(x1)
+        out = self.conv3(x1)
+        residual = self.residual(x)
+        return out if residual is None else out + residual
 
-    def _residual(self, x: torch.Tensor):
+    def residual(self, x: torch.Tensor):
         """What is added to the main path (before the up block's front padding), or None."""
         return x if self.do_res else None
 
@@ -102,43 +125,24 @@ class MedNeXtBlock(nn.Module):
             return "grn=True is not fused"
         if self.conv1.groups != self.conv1.in_channels:
             return "n_groups other than depthwise is not fused"
-        if self.conv1.kernel_size[0] % 2 == 0 or self.conv1.kernel_size[0] > 7:
-            return "only odd kernel sizes up to 7 are fused"
+        if self.conv1.kernel_size[0] % 2 == 0 or self.conv1.kernel_size[0] > MAX_KERNEL:
+            return f"only odd kernel sizes up to {MAX_KERNEL} are fused"
         return None
 
-    def _fused_path(self, x: torch.Tensor, ops, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        conv = {}
-        if scratch is not None and backends.reuses_buffers(ops) and self.stride == 1 and \
-                scratch.shape == x.shape and scratch.is_contiguous(memory_format=torch.channels_last_3d):
-            conv["out"] = scratch
-        y, s1, s2 = ops.dwconv_stats(x, self.conv1.weight, self.conv1.bias,
-                                     stride=self.stride, transposed=self.transposed, **conv)
-        residual = self._residual(x)
-        extra = {}
-        if backends.reuses_buffers(ops):
-            # No autograd keeps these buffers: write the output over y (same shape when the channels
-            # match), else over a residual this block made itself (res_conv): one activation less.
-            if y.shape[1] == self.conv3.out_channels:
-                extra["out"] = y
-            elif residual is not None and residual is not x and \
-                    residual.is_contiguous(memory_format=torch.channels_last_3d):
-                extra["out"] = residual
-        return ops.norm_mlp(y, s1, s2, self.norm.weight, self.norm.bias,
-                            self.conv2.weight, self.conv2.bias, self.conv3.weight, self.conv3.bias,
-                            residual=residual, eps=self.norm.eps, **extra)
+    def conv_params(self) -> dict:
+        """This block's depthwise conv as ``dwconv_stats`` arguments."""
+        return dict(weight=self.conv1.weight, bias=self.conv1.bias, stride=self.stride, transposed=self.transposed)
 
-    def forward(self, x: torch.Tensor, dummy_tensor=None, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """``scratch``: a dead activation of x's shape that an inference-only fused path may overwrite
-        with its depthwise output (the model passes the previous block's input); ignored otherwise."""
-        ops = backends.ops_for(self, x)
-        if ops is None:
-            out = self._main_path(x)
-            residual = self._residual(x)
-            if residual is not None:
-                out = out + residual
-        else:
-            out = self._fused_path(x, ops, scratch)
-        return self._finish(out)
+    def mlp_params(self) -> dict:
+        """This block's norm, expansion and compression as ``norm_mlp`` arguments."""
+        return dict(gamma=self.norm.weight, beta=self.norm.bias, w_expand=self.conv2.weight,
+                    b_expand=self.conv2.bias, w_compress=self.conv3.weight, b_compress=self.conv3.bias,
+                    eps=self.norm.eps)
+
+    def fused(self, x: torch.Tensor, ops) -> torch.Tensor:
+        """The block as the two fused ops (before the up block's front padding)."""
+        y, s1, s2 = ops.dwconv_stats(x, **self.conv_params())
+        return ops.norm_mlp(y, s1, s2, **self.mlp_params(), residual=self.residual(x))
 
 
 class _ResampleBlock(MedNeXtBlock):
@@ -158,7 +162,7 @@ class _ResampleBlock(MedNeXtBlock):
         self.conv1 = conv(in_channels, in_channels, kernel_size=kernel_size, stride=2,
                           padding=kernel_size // 2, groups=in_channels)
 
-    def _residual(self, x):
+    def residual(self, x):
         return self.res_conv(x) if self.resample_do_res else None
 
 
@@ -175,38 +179,9 @@ class MedNeXtUpBlock(_ResampleBlock):
     """
 
     transposed = True
-    # add_into_ works on chunks of this many bytes of the depthwise output.
-    chunk_bytes = 8 * 2 ** 20
 
     def _finish(self, out):
         return F.pad(out, (1, 0) * (out.dim() - 2))
-
-    def add_into_(self, skip: torch.Tensor, x: torch.Tensor, ops) -> torch.Tensor:
-        """``skip + self(x)`` written into ``skip``, for inference-only backends (``ops.inference_only``).
-
-        At full resolution the depthwise output has twice the output's channels; here it is never whole
-        in memory: one statistics-only pass for the GroupNorm statistics (the op writes no output), a
-        second that recomputes the output in chunks of planes and adds each chunk's MLP output into
-        ``skip``. The front pad and the residual (bias everywhere, W^T x on even voxels) are written into
-        ``skip`` directly, never materialised.
-        """
-        inner = skip[:, :, 1:, 1:, 1:]  # the official front pad puts the block's output after plane 0
-        if self.resample_do_res:
-            inner += self.res_conv.bias.view(-1, 1, 1, 1)
-            inner[:, :, ::2, ::2, ::2] += F.conv3d(x, self.res_conv.weight.transpose(0, 1))
-        depth, plane = inner.shape[2], x.shape[0] * x.shape[1] * inner.shape[3] * inner.shape[4] * 4
-        step = max(torch.get_num_threads(), self.chunk_bytes // plane, 1)
-        chunks = [(d, min(d + step, depth)) for d in range(0, depth, step)]
-        conv = dict(weight=self.conv1.weight, bias=self.conv1.bias, stride=2, transposed=True)
-        _, s1, s2 = ops.dwconv_stats(x, **conv, stats_only=True)
-        for begin, end in chunks:
-            y, _, _ = ops.dwconv_stats(x, **conv, planes=(begin, end))
-            # norm_mlp divides the sums by the voxel count of the y it gets: scale them to this chunk.
-            share = (end - begin) / depth
-            inner[:, :, begin:end] += ops.norm_mlp(y, s1 * share, s2 * share, self.norm.weight, self.norm.bias,
-                                                   self.conv2.weight, self.conv2.bias, self.conv3.weight,
-                                                   self.conv3.bias, eps=self.norm.eps)
-        return skip
 
 
 class OutBlock(nn.Module):

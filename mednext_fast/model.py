@@ -1,18 +1,21 @@
-"""MedNeXt: the official constructor, state_dict layout and forward, plus the backend switch."""
+"""MedNeXt: the official constructor, state_dict layout and forward, plus the backend switch.
+
+The forward asks ``backends.select`` once which backend runs it; a backend with its own whole-model runner
+(``cpp`` inference) gets the model, every other runs ``forward_modules`` with its ops in every block.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import backends
 from .blocks import MedNeXtBlock, MedNeXtDownBlock, MedNeXtUpBlock, OutBlock, _conv
 from .checks import check_input
 
-_LEVELS = 4  # down/up-sampling steps; inputs must be divisible by 2**_LEVELS
+LEVELS = 4  # down/up-sampling steps; inputs must be divisible by 2**LEVELS
 
 
 class MedNeXt(nn.Module):
@@ -49,7 +52,7 @@ class MedNeXt(nn.Module):
         self.outside_block_checkpointing = checkpoint_style == "outside_block"
         self.block_counts = block_counts
         conv = _conv(dim)
-        widths = [n_channels * 2 ** i for i in range(_LEVELS + 1)]
+        widths = [n_channels * 2 ** i for i in range(LEVELS + 1)]
 
         def stage(width, ratio, kernel, count):
             return nn.Sequential(*[MedNeXtBlock(width, width, ratio, kernel, do_res=do_res, norm_type=norm_type,
@@ -57,7 +60,7 @@ class MedNeXt(nn.Module):
 
         # Registration order below is the official state_dict order.
         self.stem = conv(in_channels, n_channels, kernel_size=1)
-        for i in range(_LEVELS):
+        for i in range(LEVELS):
             setattr(self, f"enc_block_{i}", stage(widths[i], exp_r[i], enc_kernel_size, block_counts[i]))
             down_ratio = exp_r[i] if monai_compat else exp_r[i + 1]
             down_grn = grn and i > 0 and not monai_compat  # official quirk: down_0 never gets GRN
@@ -65,7 +68,7 @@ class MedNeXt(nn.Module):
                                                         do_res=do_res_up_down, norm_type=norm_type, dim=dim,
                                                         grn=down_grn))
         self.bottleneck = stage(widths[4], exp_r[4], dec_kernel_size, block_counts[4])
-        for i in reversed(range(_LEVELS)):
+        for i in reversed(range(LEVELS)):
             j = 8 - i  # exp_r / block_counts index of decoder stage i
             setattr(self, f"up_{i}", MedNeXtUpBlock(widths[i + 1], widths[i], exp_r[j], dec_kernel_size,
                                                     do_res=do_res_up_down, norm_type=norm_type, dim=dim, grn=grn))
@@ -75,7 +78,7 @@ class MedNeXt(nn.Module):
         # input. Our checkpointing is non-reentrant and never uses it.
         self.dummy_tensor = nn.Parameter(torch.tensor([1.0]), requires_grad=True)
         if deep_supervision:
-            for i in range(1, _LEVELS + 1):
+            for i in range(1, LEVELS + 1):
                 setattr(self, f"out_{i}", OutBlock(widths[i], n_classes, dim))
         self.set_backend(backend)
 
@@ -92,74 +95,39 @@ class MedNeXt(nn.Module):
         return self
 
     # -- forward ----------------------------------------------------------------------------------
-    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.outside_block_checkpointing and torch.is_grad_enabled():
-            return checkpoint(module, x, use_reentrant=False)
-        return module(x)
-
-    def _stage_step(self, block: MedNeXtBlock, x: torch.Tensor, spare: torch.Tensor | None):
-        """Runs one stage block; returns (output, spare for the next block). On an inference-only backend
-        the input is dead once its block ran, so it is kept to take the next block's depthwise output
-        (no fresh allocation, no page faults); elsewhere nothing is kept (spare None)."""
-        if spare is not None:
-            out = block(x, scratch=spare)
-        else:
-            out = self._run(block, x)
-        return out, (x if backends.reuses_buffers(backends.ops_for(block, x)) else None)
-
-    def _up(self, up: MedNeXtUpBlock, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """skip + up(x); inference-only backends write it into skip, a stage output nothing else holds."""
-        ops = backends.ops_for(up, x)
-        if backends.reuses_buffers(ops):
-            return up.add_into_(skip, x, ops)
-        return skip + self._run(up, x)
-
     def forward(self, x: torch.Tensor):
         check_input(self, x)
-        if backends.cpp_under_cpu_autocast(self.down_0, x):
-            # The fused C++ ops are fp32 (their outputs would meet autocast's bf16 convolutions): run
-            # with autocast off and, where autocast asks for bf16 and the CPU has it natively, the wide
-            # layers' GEMMs in bf16 (cpp_ops.norm_mlp).
-            from . import cpp_ops
-            bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and cpp_ops.native_bf16()
-            with torch.autocast("cpu", enabled=False), cpp_ops.gemms_in_bf16(bf16):
-                return self._forward(x)
-        return self._forward(x)
+        backend = backends.select(self, x)
+        if backend is not None and backend.run_model is not None:
+            return backend.run_model(self, x)
+        return self.forward_modules(x, None if backend is None else backend.ops)
 
-    def _forward(self, x: torch.Tensor):
-        if (not torch.is_grad_enabled() and isinstance(self.stem, nn.Conv3d)
-                and backends.reuses_buffers(backends.ops_for(self.down_0, x))):
-            # The fused CPU ops work channels-last. The 1x1x1 stem is a per-voxel linear map: computed as
-            # one, its output is channels-last at once (1x1x128^3 -> 32 channels: 184 -> 80 ms, and no
-            # second full-resolution tensor for a layout copy).
-            x = F.linear(x.movedim(1, -1), self.stem.weight.flatten(1), self.stem.bias).movedim(-1, 1)
-        else:
-            x = self.stem(x)
-            if backends.reuses_buffers(backends.ops_for(self.down_0, x)):
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-        # Stages loop here rather than in a helper, whose caller would keep each stage's input alive.
+    def _call(self, module: nn.Module, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.outside_block_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, x, use_reentrant=False, **kwargs)
+        return module(x, **kwargs)
+
+    def forward_modules(self, x: torch.Tensor, ops=None):
+        """The official forward, every block run with the fused ``ops`` (None: the reference path)."""
+        x = self.stem(x)
+        # Stage blocks run one by one here (not through the Sequential), so that no frame keeps a
+        # stage's input alive while its later blocks run.
         skips = []
-        for i in range(_LEVELS):
-            spare = None
+        for i in range(LEVELS):
             for block in getattr(self, f"enc_block_{i}"):
-                x, spare = self._stage_step(block, x, spare)
+                x = self._call(block, x, ops=ops)
             skips.append(x)
-            spare = None  # freed before the down block allocates
-            x = self._run(getattr(self, f"down_{i}"), x)
+            x = self._call(getattr(self, f"down_{i}"), x, ops=ops)
         for block in self.bottleneck:
-            x, spare = self._stage_step(block, x, spare)
-        spare = None
-        ds = []
-        if self.do_ds:
-            ds.append(self._run(self.out_4, x))
-        for i in reversed(range(_LEVELS)):
-            x = self._up(getattr(self, f"up_{i}"), x, skips.pop())
+            x = self._call(block, x, ops=ops)
+        ds = [self._call(self.out_4, x)] if self.do_ds else []
+        for i in reversed(range(LEVELS)):
+            x = skips.pop() + self._call(getattr(self, f"up_{i}"), x, ops=ops)
             for block in getattr(self, f"dec_block_{i}"):
-                x, spare = self._stage_step(block, x, spare)
-            spare = None
+                x = self._call(block, x, ops=ops)
             if self.do_ds and i > 0:
-                ds.append(self._run(getattr(self, f"out_{i}"), x))
-        x = self._run(self.out_0, x)
+                ds.append(self._call(getattr(self, f"out_{i}"), x))
+        x = self._call(self.out_0, x)
         if self.do_ds:
             return [x] + ds[::-1]
         return x

@@ -35,3 +35,12 @@ def tiny_mednext(**overrides):
                   do_res_up_down=True, block_counts=[1] * 9)
     config.update(overrides)
     return MedNeXt(**config)
+
+
+def fake_backend(ops, name="triton"):
+    """A differentiable Backend on every device that runs ``ops`` (e.g. the reference ops): tests the wiring
+    around a backend independently of its kernels. Install it with ``monkeypatch.setitem(backends._LOADERS,
+    name, lambda: fake_backend(ops))`` and ``backends.clear_cache()``."""
+    from mednext_fast.backends import Backend
+    return Backend(name=name, ops=ops, devices=("cpu", "cuda"), dtypes=(torch.float32, torch.float16, torch.bfloat16),
+                   autograd=True, wrong_device="fake backend: unexpected device {device}")

@@ -7,7 +7,7 @@ import torch
 
 import mednext_fast as mf
 from mednext_fast import backends, ops
-from tests.conftest import tiny_mednext
+from tests.conftest import fake_backend, tiny_mednext
 
 monai_nets = pytest.importorskip("monai.networks.nets", reason="monai is a test dependency")
 
@@ -22,7 +22,7 @@ def reference_ops_as_triton(monkeypatch):
         return ops.norm_mlp(*args, **kwargs)
 
     fake = types.SimpleNamespace(dwconv_stats=ops.dwconv_stats, norm_mlp=norm_mlp)
-    monkeypatch.setitem(backends._LOADERS, "triton", lambda: fake)
+    monkeypatch.setitem(backends._LOADERS, "triton", lambda: fake_backend(fake))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     backends.clear_cache()
     yield calls

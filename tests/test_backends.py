@@ -1,4 +1,5 @@
 """Backend switch and dispatch; the fused-path wiring checked with the reference ops."""
+import dataclasses
 import types
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 import mednext_fast as mf
 from mednext_fast import backends, ops
-from tests.conftest import tiny_mednext
+from tests.conftest import fake_backend, tiny_mednext
 
 REFERENCE_OPS = types.SimpleNamespace(dwconv_stats=ops.dwconv_stats, norm_mlp=ops.norm_mlp)
 
@@ -29,7 +30,7 @@ def test_fused_composition_equals_module_path(cls, out_ch, kw, kernel):
     block = _randomise(cls(6, out_ch, exp_r=3, kernel_size=kernel, **kw))
     x = torch.randn(2, 6, 5, 6, 7)
     expected = block(x)
-    got = block._finish(block._fused_path(x, REFERENCE_OPS))
+    got = block(x, ops=REFERENCE_OPS)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -41,7 +42,7 @@ def test_model_dispatch_uses_fused_ops_where_covered(monkeypatch):
         return ops.norm_mlp(*args, **kwargs)
 
     fake = types.SimpleNamespace(dwconv_stats=ops.dwconv_stats, norm_mlp=counting_norm_mlp)
-    monkeypatch.setitem(backends._LOADERS, "triton", lambda: fake)
+    monkeypatch.setitem(backends._LOADERS, "triton", lambda: fake_backend(fake))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     backends.clear_cache()
     try:
@@ -91,7 +92,7 @@ def test_missing_backends_say_what_is_missing(monkeypatch):
 
 
 def test_explicit_backend_rejects_unfusable_blocks(monkeypatch):
-    monkeypatch.setitem(backends._LOADERS, "triton", lambda: REFERENCE_OPS)
+    monkeypatch.setitem(backends._LOADERS, "triton", lambda: fake_backend(REFERENCE_OPS))
     backends.clear_cache()
     try:
         with pytest.raises(ValueError, match="grn=True is not fused"):
@@ -103,7 +104,10 @@ def test_explicit_backend_rejects_unfusable_blocks(monkeypatch):
 
 
 def test_triton_backend_refuses_cpu_tensors_without_interpreter(monkeypatch):
-    monkeypatch.setitem(backends._LOADERS, "triton", lambda: REFERENCE_OPS)
+    from mednext_fast.backends import triton as triton_backend
+    cuda_only = dataclasses.replace(fake_backend(REFERENCE_OPS), devices=("cuda",),
+                                    wrong_device=triton_backend.WRONG_DEVICE)
+    monkeypatch.setitem(backends._LOADERS, "triton", lambda: cuda_only)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     backends.clear_cache()
     try:

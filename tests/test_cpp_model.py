@@ -4,6 +4,7 @@ import torch
 
 import mednext_fast as mf
 from mednext_fast import backends
+from mednext_fast.backends import cpp
 
 pytestmark = pytest.mark.skipif(not backends.is_available("cpp"), reason="the C++ extension is not built")
 
@@ -30,30 +31,30 @@ def test_cpp_backend_trains_on_the_torch_path():
 def test_auto_picks_cpp_for_cpu_inference():
     model = mf.create_mednext("S", 1, 2).eval()
     calls = []
-    ops = backends.load_ops("cpp")
-    original = ops.norm_mlp
-    ops.norm_mlp = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = cpp.norm_mlp
+    cpp.norm_mlp = lambda *a, **k: calls.append(1) or original(*a, **k)
     try:
         with torch.inference_mode():
             model(torch.randn(1, 1, 32, 32, 32))
     finally:
-        ops.norm_mlp = original
-    assert len(calls) == 2 * 9 + 8  # every stage, down and up block of S
+        cpp.norm_mlp = original
+    # every stage and down block of S; an up block calls it once per chunk of planes (one at 32^3)
+    assert len(calls) == 2 * 9 + 8
 
 
 @pytest.mark.parametrize("kernel,do_res,m", [(3, True, (5, 6, 7)), (5, False, (4, 4, 4)), (7, True, (3, 5, 4))])
-def test_up_block_adds_into_the_skip_chunk_by_chunk(kernel, do_res, m):
-    """add_into_ (the cpp inference path of an up block: residual and front pad written straight into the
-    skip, depthwise output in chunks of planes) equals skip + block(x) on the torch path."""
+def test_up_block_adds_into_the_skip_chunk_by_chunk(kernel, do_res, m, monkeypatch):
+    """The cpp inference run of an up block (residual and front pad written straight into the skip,
+    depthwise output in chunks of planes) equals skip + block(x) on the torch path."""
     torch.manual_seed(kernel)
     up = mf.MedNeXtUpBlock(12, 6, exp_r=2, kernel_size=kernel, do_res=do_res).eval()
     x = torch.randn(2, 12, *m).contiguous(memory_format=torch.channels_last_3d)
     skip = torch.randn(2, 6, *(2 * n for n in m))
     with torch.no_grad():
         want = skip + up(x)
-        up.chunk_bytes = 1  # one chunk per batch of planes (at least the thread count): several chunks
+        monkeypatch.setattr(cpp, "UP_CHUNK_BYTES", 1)  # chunks of (thread count) planes: several chunks
         buffer = skip.clone()
-        got = up.add_into_(buffer, x, backends.load_ops("cpp"))
+        got = cpp._up_into(up, x, buffer)
     assert got.data_ptr() == buffer.data_ptr()
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
@@ -71,7 +72,6 @@ def test_inference_leaves_the_input_untouched():
 def test_cpu_autocast_runs_the_fused_path_in_fp32_with_bf16_gemms(backend):
     """Under CPU autocast the cpp path turns autocast off (its ops are fp32), returns fp32, and runs the
     wide layers' GEMMs in bf16 where the CPU has it natively: error below PyTorch's own autocast run."""
-    from mednext_fast import cpp_ops
     torch.manual_seed(0)
     ref = mf.create_mednext("S", 1, 3, backend="torch").eval()
     fused = mf.create_mednext("S", 1, 3, backend=backend).eval()
@@ -85,7 +85,7 @@ def test_cpu_autocast_runs_the_fused_path_in_fp32_with_bf16_gemms(backend):
             mixed = fused(x)
             autocast_out = ref(x)
     assert mixed.dtype == torch.float32 and autocast_out.dtype == torch.bfloat16
-    if cpp_ops.native_bf16():
+    if cpp.native_bf16():
         err = (mixed.double() - exact).abs().max()
         assert 10 * (fp32.double() - exact).abs().max() < err <= (autocast_out.double() - exact).abs().max()
     else:
@@ -112,15 +112,14 @@ def test_stage_blocks_reuse_the_previous_input_for_their_depthwise_output():
     ref = mf.create_mednext("S", 1, 2, backend="torch").eval()
     model = mf.create_mednext("S", 1, 2, backend="cpp").eval()
     model.load_state_dict(ref.state_dict())
-    ops = backends.load_ops("cpp")
-    original, reused = ops.dwconv_stats, []
-    ops.dwconv_stats = lambda *a, **k: reused.append(k.get("out") is not None) or original(*a, **k)
+    original, reused = cpp.dwconv_stats, []
+    cpp.dwconv_stats = lambda *a, **k: reused.append(k.get("out") is not None) or original(*a, **k)
     x = torch.randn(1, 1, 32, 32, 32)
     try:
         with torch.inference_mode():
             got = model(x)
             expected = ref(x)
     finally:
-        ops.dwconv_stats = original
+        cpp.dwconv_stats = original
     assert sum(reused) == 9  # S: 9 stages of 2 blocks, the second of each reuses
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()

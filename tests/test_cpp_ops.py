@@ -1,11 +1,12 @@
-"""The C++ ops (mednext_fast._C via cpp_ops) against the PyTorch references in mednext_fast/ops.py.
+"""The C++ ops (mednext_fast._C via mednext_fast.backends.cpp) against the PyTorch references in mednext_fast/ops.py.
 
 Skipped, with the reason, when the extension is not built (`pip install --no-build-isolation -e .`).
 """
 import pytest
 import torch
 
-from mednext_fast import cpp_ops, ops
+from mednext_fast import ops
+from mednext_fast.backends import cpp as cpp_ops
 
 OK, WHY = cpp_ops.available()
 pytestmark = pytest.mark.skipif(not OK, reason=WHY)
@@ -155,29 +156,43 @@ def test_dwconv_stats_only(k, mode, threads):
             assert torch.equal(s1, full[1]) and torch.equal(s2, full[2]), planes
 
 
+def test_norm_mlp_count_matches_reference(threads):
+    """y as one chunk of planes with the whole output's statistics and voxel count, as the up block runs."""
+    g = torch.Generator().manual_seed(11)
+    whole = torch.randn(2, 32, 9, 6, 7, generator=g)
+    s1, s2 = whole.sum((2, 3, 4)), (whole * whole).sum((2, 3, 4))
+    args = list(_mlp_args(2, 32, 2, 32, (9, 6, 7), 5, g))[3:]
+    y = whole[:, :, 3:7]
+    with torch.no_grad():
+        got = cpp_ops.norm_mlp(y, s1, s2, *args, count=whole[0, 0].numel())
+    ref = ops.norm_mlp(y, s1, s2, *args, count=whole[0, 0].numel())
+    assert rel_err(got, ref) <= 1e-5
+
+
 def test_dwconv_stats_only_takes_no_out():
     x = torch.randn(1, 16, 4, 5, 6).contiguous(memory_format=CL)
     with pytest.raises(ValueError, match="stats_only"), torch.no_grad():
         cpp_ops.dwconv_stats(x, torch.randn(16, 1, 3, 3, 3), None, out=torch.empty_like(x), stats_only=True)
 
 
-@pytest.mark.parametrize("case,match", [
-    ("shape", "out must be"), ("layout", "channels_last_3d"), ("overlap", "overlap"), ("dtype", "float32")])
-def test_dwconv_stats_rejects_bad_out(case, match):
+@pytest.mark.parametrize("case,exc,match", [
+    ("shape", ValueError, "out must be"), ("layout", RuntimeError, "channels_last_3d"),
+    ("overlap", RuntimeError, "overlap"), ("dtype", TypeError, "float32")])
+def test_dwconv_stats_rejects_bad_out(case, exc, match):
     x = torch.randn(1, 16, 4, 5, 6).contiguous(memory_format=CL)
     w = torch.randn(16, 1, 3, 3, 3)
     out = {"shape": torch.empty(1, 16, 4, 5, 7).contiguous(memory_format=CL),
            "layout": torch.empty(1, 16, 4, 5, 6),
            "overlap": x,
            "dtype": torch.empty(1, 16, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=CL)}[case]
-    with pytest.raises((RuntimeError, TypeError), match=match), torch.no_grad():
+    with pytest.raises(exc, match=match), torch.no_grad():
         cpp_ops.dwconv_stats(x, w, None, out=out)
 
 
 @pytest.mark.parametrize("planes", [(2, 2), (3, 1), (-1, 2), (0, 10)], ids=["empty", "reversed", "negative", "past-end"])
 def test_dwconv_stats_bad_plane_range(planes):
     x = torch.randn(1, 4, 9, 5, 5)
-    with pytest.raises(RuntimeError, match="output planes"):
+    with pytest.raises(ValueError, match="output planes"):
         cpp_ops.dwconv_stats(x, torch.randn(4, 1, 3, 3, 3), None, planes=planes)
 
 

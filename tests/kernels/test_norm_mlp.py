@@ -55,6 +55,37 @@ def test_matches_reference(c, r, co, spatial, kind, with_res):
     _compare_mlp(c, r, co, spatial, kind, with_res)
 
 
+def test_count_of_a_chunk_matches_reference():
+    # y is one chunk of planes of a larger output whose statistics s1, s2 sum over `count` voxels:
+    # forward and every gradient (the closed-form statistics backward divides by count too).
+    y, _, _ = _stats_inputs(2, 6, (3, 4, 5), "ncdhw")
+    whole = torch.randn(2, 6, 7, 4, 5, device=DEVICE) * 2 + 0.5
+    s1 = whole.sum((2, 3, 4)).requires_grad_()
+    s2 = (whole * whole).sum((2, 3, 4)).requires_grad_()
+    p = block_params(6, 2, 6, 3)
+    res = torch.randn(2, 6, 3, 4, 5, device=DEVICE, requires_grad=True)
+    results = []
+    for fn in (norm_mlp, ops.norm_mlp):
+        out = fn(y, s1, s2, *(p[name] for name in MLP_PARAMS), residual=res, count=whole[0, 0].numel())
+        inputs = [y, s1, s2, *(p[name] for name in MLP_PARAMS), res]
+        results.append((out, torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                                 inputs)))
+    (out, grads), (ref, rgrads) = results
+    assert_close_rel(out, ref, 2e-6, "out")
+    for name, g, rg in zip(["y", "s1", "s2", *MLP_PARAMS, "residual"], grads, rgrads):
+        assert_close_rel(g, rg, 2e-5, f"grad {name}")
+
+
+def test_options_it_lacks_say_so():
+    y, s1, s2 = _stats_inputs(1, 4, (3, 4, 5), "ncdhw")
+    p = {k: v.detach() for k, v in block_params(4, 2, 4, 3).items()}
+    with pytest.raises(NotImplementedError, match="no out="):
+        norm_mlp(y.detach(), s1.detach(), s2.detach(), *(p[name] for name in MLP_PARAMS), out=y.detach())
+    for option in (dict(planes=(0, 1)), dict(out=y.detach()), dict(stats_only=True)):
+        with pytest.raises(NotImplementedError, match=f"no {next(iter(option))}="):
+            dwconv_stats(y.detach(), p["w_dw"], None, **option)
+
+
 def test_small_tiles_hidden_chunks_output_tiles_and_splits(monkeypatch):
     # Row tiles with a partial last one, hidden chunks with a partial last one (60 = 3*16 + 12),
     # two output-channel tiles (20 = 16 + 4) and several weight-gradient splits: the GPU launch paths.
