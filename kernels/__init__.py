@@ -1,6 +1,7 @@
 """Fused Triton kernels of the MedNeXt block (``mednext_fast.kernels``).
 
-* ``dwconv_stats``: depthwise conv3d (stride 1, stride 2, stride-2 transposed) + per-(sample, channel) sum / sum of squares.
+* ``dwconv_stats``: depthwise conv3d (stride 1, stride 2, stride-2 transposed) + per-(sample, channel) sum and
+  sum of squares.
 * ``norm_mlp``: GroupNorm-apply + 1x1x1 expansion + GELU + 1x1x1 compression + residual, hidden kept on chip.
 
 Both follow the contract of ``mednext_fast.ops``. Importing this package is cheap and never imports triton;

@@ -15,8 +15,9 @@ per-(sample, channel) affine z = y*scale + shift computed from (s1, s2) on the h
     from A, B in ``_stats_backward``, so autograd through dwconv_stats -> norm_mlp gives exact gradients.
 
 Low precision: under autocast the matmul operands are the activation dtype (the 1x1x1 weights are cast per
-call, as autocast would; fp32 masters untouched and their gradients fp32), accumulation is fp32, and pre-activation / hidden / output are rounded where the
-PyTorch reference rounds them. In the Triton interpreter every dot runs in fp32 (its bf16 dot is broken).
+call, as autocast would; fp32 masters untouched and their gradients fp32), accumulation is fp32, and
+pre-activation / hidden / output are rounded where the PyTorch reference rounds them. In the Triton
+interpreter every dot runs in fp32 (its bf16 dot is broken).
 """
 from typing import NamedTuple, Optional, Tuple
 

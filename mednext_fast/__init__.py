@@ -20,6 +20,6 @@ def set_backend(model: MedNeXt, name: str) -> MedNeXt:
     return model.set_backend(name)
 
 
-__all__ = ["accelerate", "BACKENDS", "BackendUnavailable", "MedNeXt", "MedNeXtBlock", "MedNeXtDownBlock", "MedNeXtUpBlock",
-           "OutBlock", "VARIANTS", "convert_state_dict", "create_mednext", "load_state_dict_file",
+__all__ = ["accelerate", "BACKENDS", "BackendUnavailable", "MedNeXt", "MedNeXtBlock", "MedNeXtDownBlock",
+           "MedNeXtUpBlock", "OutBlock", "VARIANTS", "convert_state_dict", "create_mednext", "load_state_dict_file",
            "save_atomic", "set_backend", "upkern"]

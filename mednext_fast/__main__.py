@@ -24,11 +24,13 @@ def params_and_gmacs(variant: str, kernel: int, size: int) -> tuple[int, float]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mednext_fast", description=__doc__)
-    parser.add_argument("--variants", default="S,B,M,L", help="comma-separated variants for the table (default: S,B,M,L)")
+    parser.add_argument("--variants", default="S,B,M,L",
+                        help="comma-separated variants for the table (default: S,B,M,L)")
     parser.add_argument("--kernels", default="3,5,7", help="comma-separated kernel sizes (default: 3,5,7)")
     parser.add_argument("--macs-size", type=int, default=128, help="patch edge for the GMACs column (default: 128)")
     parser.add_argument("--run", default="S:3", help="VARIANT:KERNEL to build and run once (default: S:3)")
-    parser.add_argument("--size", type=int, default=32, help="input edge for the smoke run, divisible by 16 (default: 32)")
+    parser.add_argument("--size", type=int, default=32,
+                        help="input edge for the smoke run, divisible by 16 (default: 32)")
     args = parser.parse_args(argv)
 
     variants = [v.strip().upper() for v in args.variants.split(",")]

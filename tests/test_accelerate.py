@@ -68,7 +68,8 @@ def test_monai_model_keeps_parameters_outputs_and_gradients(reference_ops_as_tri
 
 def test_our_model_falls_back_per_block_with_one_warning(reference_ops_as_triton):
     model = tiny_mednext(grn=True, backend="torch")
-    with pytest.warns(UserWarning, match=r"accelerate: 16 block\(s\) stay on PyTorch: enc_block_0.0: grn=True") as record:
+    expected = r"accelerate: 16 block\(s\) stay on PyTorch: enc_block_0.0: grn=True"
+    with pytest.warns(UserWarning, match=expected) as record:
         mf.accelerate(model, "triton")
     assert len(record) == 1
     assert model.down_0.backend == "triton" and model.enc_block_0[0].backend == "torch"

@@ -189,7 +189,8 @@ def test_dwconv_stats_rejects_bad_out(case, exc, match):
         cpp_ops.dwconv_stats(x, w, None, out=out)
 
 
-@pytest.mark.parametrize("planes", [(2, 2), (3, 1), (-1, 2), (0, 10)], ids=["empty", "reversed", "negative", "past-end"])
+@pytest.mark.parametrize("planes", [(2, 2), (3, 1), (-1, 2), (0, 10)],
+                         ids=["empty", "reversed", "negative", "past-end"])
 def test_dwconv_stats_bad_plane_range(planes):
     x = torch.randn(1, 4, 9, 5, 5)
     with pytest.raises(ValueError, match="output planes"):

@@ -90,7 +90,8 @@ def test_up_block_matches_manual_official_computation(kernel):
     # GroupNorm statistics over the un-padded (2m-1) volume only.
     mean = y.mean(dim=(2, 3, 4), keepdim=True)
     var = y.var(dim=(2, 3, 4), unbiased=False, keepdim=True)
-    z = (y - mean) / torch.sqrt(var + 1e-5) * block.norm.weight.view(1, -1, 1, 1, 1) + block.norm.bias.view(1, -1, 1, 1, 1)
+    z = (y - mean) / torch.sqrt(var + 1e-5) * block.norm.weight.view(1, -1, 1, 1, 1) \
+        + block.norm.bias.view(1, -1, 1, 1, 1)
     main = block.conv3(F.gelu(block.conv2(z)))
     expected = F.pad(main + block.res_conv(x), (1, 0, 1, 0, 1, 0))
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

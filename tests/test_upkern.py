@@ -59,7 +59,8 @@ def test_upkern_from_monai_state_dict():
 
 
 def test_upkern_rejects_channel_mismatch():
-    with pytest.raises(ValueError, match=r"stem.weight has shape \(4, 1, 1, 1, 1\) in the source but \(8, 1, 1, 1, 1\)"):
+    expected = r"stem.weight has shape \(4, 1, 1, 1, 1\) in the source but \(8, 1, 1, 1, 1\)"
+    with pytest.raises(ValueError, match=expected):
         mf.upkern(tiny_mednext(n_channels=8, kernel_size=5), tiny_mednext(kernel_size=3))
 
 
