@@ -126,3 +126,17 @@ def test_auto_on_cpu_without_extension_is_the_torch_path():
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_dispatch_compiles_into_one_graph(monkeypatch):
+    """select() runs inside the traced forward: it must not break the graph (torch.compile(fullgraph=True))."""
+    monkeypatch.setitem(backends._LOADERS, "triton", lambda: fake_backend(REFERENCE_OPS))
+    backends.clear_cache()
+    try:
+        model = tiny_mednext(deep_supervision=True, backend="triton")
+        x = torch.randn(2, 1, 32, 32, 32)
+        backends.load("triton")  # loaded before tracing, as the constructor's validation does
+        explanation = torch._dynamo.explain(model)(x)
+        assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    finally:
+        backends.clear_cache()

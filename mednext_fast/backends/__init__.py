@@ -15,7 +15,6 @@ GRN, layer norm) use the reference path under ``auto``; an explicit backend refu
 """
 from __future__ import annotations
 
-import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -43,6 +42,10 @@ class Backend:
     # run_model(model, x): a whole MedNeXt forward run the backend's own way; None: the plain module forward.
     run_model: Optional[Callable] = None
 
+    @property
+    def inference_only(self) -> bool:
+        return not self.autograd
+
     def check_device(self, x: torch.Tensor) -> None:
         if x.device.type not in self.devices:
             raise RuntimeError(self.wrong_device.format(device=x.device.type))
@@ -56,15 +59,19 @@ class Backend:
 
 # name -> module with load() -> Backend (raising BackendUnavailable). Tests may swap entries.
 _LOADERS = {"triton": "mednext_fast.backends.triton", "cpp": "mednext_fast.backends.cpp"}
+# Plain dicts rather than functools caches: under torch.compile a lookup is a constant, not a traced load.
+_LOADED: dict = {}
+_AVAILABLE: dict = {}
 
 
-@functools.lru_cache(maxsize=None)
 def load(name: str) -> Backend:
     """The fused backend ``name``; BackendUnavailable (naming what to install or build) if it cannot run."""
-    loader = _LOADERS[name]
-    if isinstance(loader, str):
-        return importlib.import_module(loader).load()
-    return loader()
+    backend = _LOADED.get(name)
+    if backend is None:
+        loader = _LOADERS[name]
+        backend = importlib.import_module(loader).load() if isinstance(loader, str) else loader()
+        _LOADED[name] = backend
+    return backend
 
 
 def load_ops(name: str):
@@ -72,21 +79,24 @@ def load_ops(name: str):
     return load(name).ops
 
 
-@functools.lru_cache(maxsize=None)
 def is_available(name: str) -> bool:
     if name == "torch":
         return True
-    try:
-        load(name)
-    except BackendUnavailable:
-        return False
-    return True
+    ok = _AVAILABLE.get(name)
+    if ok is None:
+        try:
+            load(name)
+            ok = True
+        except BackendUnavailable:
+            ok = False
+        _AVAILABLE[name] = ok
+    return ok
 
 
 def clear_cache() -> None:
     """Forget which backends loaded (after installing one, or in tests that swap loaders)."""
-    load.cache_clear()
-    is_available.cache_clear()
+    _LOADED.clear()
+    _AVAILABLE.clear()
 
 
 def check_name(name: str) -> str:
@@ -115,14 +125,14 @@ def select(module: torch.nn.Module, x: torch.Tensor) -> Optional[Backend]:
         if name is None or not is_available(name) or not _fusable_blocks(module):
             return None
         backend = load(name)
-        if x.dtype not in backend.dtypes or (not backend.autograd and needs_grad(module, x)):
+        if x.dtype not in backend.dtypes or (backend.inference_only and needs_grad(module, x)):
             return None
         return backend
     backend = load(name)
     backend.check_device(x)
     backend.check_dtype(x)
-    if not backend.autograd and needs_grad(module, x):
-        return None  # inference-only kernels: training runs the reference path
+    if backend.inference_only and needs_grad(module, x):
+        return None  # training runs the reference path
     return backend
 
 
