@@ -260,7 +260,8 @@ def augment(image: torch.Tensor, label: torch.Tensor, generator: torch.Generator
         a = math.radians(cfg.rotation_deg)
         angles = [draw.u(-a, a) for _ in range(3)] if rot else [0.0, 0.0, 0.0]
         s = draw.u(*cfg.scale_range) if scl else 1.0
-        rec["rotation"].append(rot), rec["angles"].append(angles), rec["scale"].append(scl), rec["scale_factor"].append(s)
+        rec["rotation"].append(rot), rec["angles"].append(angles)
+        rec["scale"].append(scl), rec["scale_factor"].append(s)
         if rot or scl:
             x, y = _warp(image[b], label[b], _rotation(angles) * s, patch)
         else:

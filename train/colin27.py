@@ -25,6 +25,7 @@ import os
 import numpy as np
 from scipy import ndimage
 
+from mednext_fast.atomic import write_json
 from mednext_fast.train import dataset_io as dio
 
 TEMPLATES = os.environ.get("MRICRON_TEMPLATES", "/usr/share/mricron/templates")
@@ -35,7 +36,8 @@ LABELS = {"background": 0, "brain_other": 1, "frontal": 2, "parietal": 3, "tempo
           "limbic_deep": 6, "cerebellum": 7}
 # AAL name prefix -> lobe (first match wins); names are like 'Frontal_Sup_Orb_L'
 LOBES = [
-    (("Precentral", "Frontal", "Rolandic_Oper", "Supp_Motor_Area", "Olfactory", "Rectus", "Paracentral_Lobule"), "frontal"),
+    (("Precentral", "Frontal", "Rolandic_Oper", "Supp_Motor_Area", "Olfactory", "Rectus", "Paracentral_Lobule"),
+     "frontal"),
     (("Postcentral", "Parietal", "SupraMarginal", "Angular", "Precuneus"), "parietal"),
     (("Heschl", "Temporal", "Fusiform"), "temporal"),
     (("Calcarine", "Cuneus", "Lingual", "Occipital"), "occipital"),
@@ -112,7 +114,7 @@ def write_dataset(out_dir: str, templates: str | None = None) -> str:
                 numTraining=2, file_ending=".nii.gz", reference="Holmes 1998 (Colin27); Tzourio-Mazoyer 2002 (AAL)",
                 licence="Debian mricron-data (BSD-3-clause per Debian copyright); cite AAL and Colin27",
                 converted_by="mednext_fast.train.colin27")
-    dio.write_json(meta, os.path.join(out_dir, "dataset.json"))
-    dio.write_json([{"train": ["colin27_L"], "val": ["colin27_R"]}, {"train": ["colin27_R"], "val": ["colin27_L"]}],
-                   os.path.join(out_dir, "splits_final.json"))
+    write_json(os.path.join(out_dir, "dataset.json"), meta)
+    write_json(os.path.join(out_dir, "splits_final.json"),
+               [{"train": ["colin27_L"], "val": ["colin27_R"]}, {"train": ["colin27_R"], "val": ["colin27_L"]}])
     return out_dir

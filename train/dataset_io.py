@@ -9,7 +9,7 @@ Layout (nnU-Net v2 raw)::
 
 Public API
 ----------
-``DatasetError``                                   every problem with the input data; the message names the case and file
+``DatasetError``                                   every problem with the input data (the message names case and file)
 ``load_dataset_json(root) -> dict``                 dataset.json, checked for the required keys
 ``validate_dataset(root, read_data=True) -> list``  checks everything, returns the sorted case names
 ``read_case(root, meta, case) -> (image (C,X,Y,Z) float32, label (X,Y,Z) int16 | None, geometry dict)``
@@ -27,6 +27,8 @@ import os
 import re
 
 import numpy as np
+
+from mednext_fast.atomic import write_json, write_via
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 SUPPORTED_ENDINGS = (".nii.gz", ".nii")
@@ -46,33 +48,11 @@ def _nib():
     return nibabel
 
 
-def atomic_write_bytes_via(path: str, writer) -> None:
-    """Call ``writer(tmp_path)`` then rename onto ``path``, so readers never see a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    base = os.path.basename(path)
-    # keep the real extension last: nibabel picks the format (and gzip) from the file name
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{base}")
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(obj, path: str) -> None:
-    def w(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=False)
-    atomic_write_bytes_via(path, w)
-
-
 def write_volume(array: np.ndarray, affine: np.ndarray, path: str) -> None:
     """Atomic NIfTI write with the given affine (sets qform and sform)."""
     nib = _nib()
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))
-    atomic_write_bytes_via(path, lambda tmp: nib.save(img, tmp))
+    write_via(path, lambda tmp: nib.save(img, tmp))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -141,7 +121,8 @@ def _case_names(root: str, meta: dict) -> tuple:
 
 
 def image_paths(root: str, meta: dict, case: str, folder: str = "imagesTr") -> list:
-    return [os.path.join(root, folder, f"{case}_{c:04d}{meta['file_ending']}") for c in range(len(meta["channel_names"]))]
+    return [os.path.join(root, folder, f"{case}_{c:04d}{meta['file_ending']}")
+            for c in range(len(meta["channel_names"]))]
 
 
 def label_path(root: str, meta: dict, case: str) -> str:
@@ -165,7 +146,8 @@ def read_volume(path: str, dtype=np.float32):
     try:
         data = np.asarray(img.dataobj)
     except Exception as err:  # truncated gzip -> EOFError/zlib.error/OSError, short .nii -> ValueError
-        raise DatasetError(f"{path}: cannot read voxel data ({type(err).__name__}: {err}); truncated or corrupt file?") from err
+        raise DatasetError(f"{path}: cannot read voxel data ({type(err).__name__}: {err}); "
+                           "truncated or corrupt file?") from err
     if data.ndim != 3:
         raise DatasetError(f"{path}: expected a 3-D volume, got shape {data.shape} (one file per channel; "
                            "4-D files belong to the MSD format, see import_msd)")
@@ -184,7 +166,8 @@ def _check_header(path: str, ref_shape, ref_affine, case: str, what: str):
                            + (" (wrong channel count: a multi-channel file; store one channel per file)"
                               if len(shape) == 4 else ""))
     if ref_shape is not None and shape != tuple(ref_shape):
-        raise DatasetError(f"case {case}: {what} {path} has shape {shape}, but the first image channel has {tuple(ref_shape)}")
+        raise DatasetError(f"case {case}: {what} {path} has shape {shape}, but the first image channel has "
+                           f"{tuple(ref_shape)}")
     if ref_affine is not None and not np.allclose(img.affine, ref_affine, atol=AFFINE_TOL):
         raise DatasetError(f"case {case}: {what} {path} has a different affine (geometry) than the first image "
                            f"channel:\n{np.round(img.affine, 4)}\nvs\n{np.round(ref_affine, 4)}")
@@ -220,7 +203,8 @@ def validate_dataset(root: str, read_data: bool = True, meta: dict | None = None
         raise DatasetError(f"imagesTr: image(s) of case(s) {extra} have no label in labelsTr "
                            f"(e.g. missing {label_path(root, meta, extra[0])})")
     if int(meta["numTraining"]) != len(cases):
-        raise DatasetError(f"{root}/dataset.json: numTraining is {meta['numTraining']} but labelsTr holds {len(cases)} case(s)")
+        raise DatasetError(f"{root}/dataset.json: numTraining is {meta['numTraining']} but labelsTr holds "
+                           f"{len(cases)} case(s)")
 
     allowed = np.array(sorted(meta["labels"].values()))
     for case in cases:
@@ -266,7 +250,8 @@ def check_case_data(root: str, meta: dict, case: str, allowed=None) -> None:
 
 def _check_label_values(lab: np.ndarray, allowed, case: str, path: str) -> None:
     if not np.isfinite(lab).all() or (np.round(lab) != lab).any():
-        raise DatasetError(f"case {case}: label {path} has non-integer (or NaN/inf) values; labels must be integer maps")
+        raise DatasetError(f"case {case}: label {path} has non-integer (or NaN/inf) values; labels must be "
+                           "integer maps")
     values = np.unique(lab).astype(np.int64)
     bad = np.setdiff1d(values, allowed)
     if bad.size:
@@ -323,7 +308,7 @@ def import_msd(msd_dir: str, out_dir: str) -> str:
         if key not in old:
             raise DatasetError(f"{path}: MSD dataset.json lacks {key!r}")
     n_ch = len(old["modality"])
-    nib = _nib()
+    _nib()  # without nibabel, fail before creating any folder
     os.makedirs(os.path.join(out_dir, "imagesTr"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "labelsTr"), exist_ok=True)
     for entry in old["training"]:
@@ -361,5 +346,5 @@ def import_msd(msd_dir: str, out_dir: str) -> str:
     for key in ("reference", "licence", "release"):
         if key in old:
             meta[key] = old[key]
-    write_json(meta, os.path.join(out_dir, "dataset.json"))
+    write_json(os.path.join(out_dir, "dataset.json"), meta)
     return out_dir

@@ -1,9 +1,10 @@
-"""Command line: get a dataset (generate / convert / point at one) and preprocess it for training.
+"""Command line (console script ``mednext-prepare``, or ``python -m mednext_fast.train.prepare``): get a
+dataset (generate / convert / point at one) and preprocess it for training.
 
-    python -m mednext_fast.train.prepare --dataset synthetic --out runs/data
-    python -m mednext_fast.train.prepare --dataset colin27 --out runs/colin27
-    python -m mednext_fast.train.prepare --dataset /data/nnUNet_raw/Dataset002_Heart --out runs/heart
-    python -m mednext_fast.train.prepare --dataset /data/Task02_Heart --out runs/heart     (MSD: converted)
+    mednext-prepare --dataset synthetic --out runs/data
+    mednext-prepare --dataset colin27 --out runs/colin27
+    mednext-prepare --dataset /data/nnUNet_raw/Dataset002_Heart --out runs/heart
+    mednext-prepare --dataset /data/Task02_Heart --out runs/heart     (MSD: converted)
 
 Writes ``OUT/raw`` (generated or converted datasets only) and ``OUT/preprocessed`` (plans.json,
 fingerprint.json, data/*.npy); prints the plans path. Bad input data stops with a message naming the
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 
+from mednext_fast.atomic import write_json
 from mednext_fast.train import colin27, synthetic
 from mednext_fast.train import dataset_io as dio
 from mednext_fast.train import preprocess as pp
@@ -72,7 +74,7 @@ def _generated(raw: str, params: dict, make, message: str, log) -> str:
         shutil.rmtree(raw)
     log(message)
     make()
-    dio.write_json(params, marker)  # last: marks a complete generation
+    write_json(marker, params)  # last: marks a complete generation
     return raw
 
 
@@ -102,7 +104,7 @@ def _spacing(values):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m mednext_fast.train.prepare",
+        prog="mednext-prepare",
         description="Prepare a dataset for MedNeXt training: validate, fingerprint, plan, crop/normalise/resample "
                     "(nnU-Net v2 conventions) into memory-mappable .npy files. Re-running reuses the cache "
                     "unless the input files or options changed.",
@@ -112,7 +114,8 @@ def main(argv=None) -> int:
                          "'colin27' (Debian mricron-data; falls back to synthetic if not installed), or the path of an "
                          "nnU-Net v2 raw folder (DatasetXXX_Name with dataset.json, imagesTr/, labelsTr/) or an MSD "
                          "TaskXX folder (converted automatically)")
-    ap.add_argument("--out", required=True, help="output folder: OUT/raw (generated/converted data) and OUT/preprocessed")
+    ap.add_argument("--out", required=True,
+                    help="output folder: OUT/raw (generated/converted data) and OUT/preprocessed")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (0: in this process)")
     ap.add_argument("--target-spacing", nargs="+", default=None, metavar="MM",
                     help="3 numbers (mm), 'median' (nnU-Net's rule) or '1mm' [default: 1 1 1, as in the MedNeXt paper]")

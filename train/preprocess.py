@@ -37,7 +37,9 @@ import multiprocessing as mp
 import numpy as np
 from scipy import ndimage
 
+from mednext_fast.atomic import write_json, write_via
 from mednext_fast.train import dataset_io as dio
+from mednext_fast.train.augment import AugmentConfig
 
 PLANS_VERSION = 1
 ANISO_THRESHOLD = 3.0          # nnU-Net's ANISO_THRESHOLD (separate-z and target-spacing rules)
@@ -45,7 +47,6 @@ FINGERPRINT_SAMPLES = 10000    # foreground voxels per case and channel
 FINGERPRINT_SEED = 1234
 LOCATION_SAMPLES = 10000       # stored voxels per class (at least 1 % of the class)
 LOCATION_MIN_FRACTION = 0.01
-ROTATION_DEG = 30.0            # used for the initial (enlarged) patch size
 SCALE_RANGE_FOR_PATCH = (0.85, 1.25)  # nnU-Net v2 enlarges the patch with this range, not the DA's 0.7-1.4
 
 
@@ -291,9 +292,11 @@ def median_target_spacing(spacings, shapes) -> list:
     return [float(t) for t in target]
 
 
-def initial_patch_size(patch_size, rotation_deg: float = ROTATION_DEG, scale_range=SCALE_RANGE_FOR_PATCH) -> list:
+def initial_patch_size(patch_size, rotation_deg: float = AugmentConfig.rotation_deg,
+                       scale_range=SCALE_RANGE_FOR_PATCH) -> list:
     """Patch to cut before the spatial transform so rotation/scaling bring no empty corners (nnU-Net's rule:
-    the corner vector rotated about each axis separately, axis-wise max, divided by the smallest scale)."""
+    the corner vector rotated about each axis separately, axis-wise max, divided by the smallest scale).
+    The rotation is the augmentation's own range."""
     p = np.asarray(patch_size, float)
     a = math.radians(rotation_deg)
     ext = p.copy()
@@ -323,13 +326,17 @@ def make_plans(fingerprint: dict, meta: dict, target_spacing="1mm", patch_size=(
     use_mask = bool(np.median(fingerprint["relative_sizes_after_crop"]) < 0.75)
     patch = [int(p) for p in patch_size]
     return dict(
-        version=PLANS_VERSION, dataset_name=meta.get("name", ""), channel_names=meta["channel_names"],
-        labels=meta["labels"], n_classes=len(meta["labels"]), in_channels=len(names),
-        target_spacing=target, patch_size=patch, initial_patch_size=initial_patch_size(patch),
-        batch_size=int(batch_size), oversample_foreground_percent=0.33, n_ds_scales=5,
+        # version: part of the plans hash, so a new PLANS_VERSION invalidates every cached case
+        version=PLANS_VERSION,
+        # dataset_name, channel_names, labels (name -> output value) and median_spacing (what
+        # target_spacing='median' gives) are there for the reader of plans.json; the pipeline does not use them
+        dataset_name=meta.get("name", ""), channel_names=meta["channel_names"], labels=meta["labels"],
+        n_classes=len(meta["labels"]), target_spacing=target, patch_size=patch,
+        initial_patch_size=initial_patch_size(patch), batch_size=int(batch_size),
         normalization=schemes, use_mask_for_norm=[use_mask and s == "ZScore" for s in schemes],
         foreground_intensity_properties=fingerprint["foreground_intensity_properties"],
-        cases=list(fingerprint["cases"]), median_spacing=median_target_spacing(fingerprint["spacings"], fingerprint["shapes"]),
+        cases=list(fingerprint["cases"]),
+        median_spacing=median_target_spacing(fingerprint["spacings"], fingerprint["shapes"]),
     )
 
 
@@ -352,14 +359,14 @@ def _save_npy(array: np.ndarray, path: str) -> None:
     def w(tmp):
         with open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(array))
-    dio.atomic_write_bytes_via(path, w)
+    write_via(path, w)
 
 
 def _save_npz(arrays: dict, path: str) -> None:
     def w(tmp):
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-    dio.atomic_write_bytes_via(path, w)
+    write_via(path, w)
 
 
 def _case_files(out_dir: str, case: str) -> dict:
@@ -377,7 +384,7 @@ def _preprocess_case(root: str, meta: dict, case: str, plans: dict, out_dir: str
     _save_npy(seg.astype(np.int8 if plans["n_classes"] < 127 else np.int16), files["seg"])
     _save_npz({f"class_{k}": v for k, v in locs.items()}, files["locs"])
     props.update(case=case, affine=geom["affine"], cache_hash=case_hash)
-    dio.write_json(props, files["props"])  # written last: its presence marks a complete case
+    write_json(files["props"], props)  # written last: its presence marks a complete case
     return case
 
 
@@ -385,7 +392,7 @@ def _map(fn, arg_list, workers: int, progress: bool, desc: str) -> list:
     """fn(*args) for each args, in worker processes, results in order.
 
     'fork' where available: workers only run numpy/scipy/nibabel, and spawn would re-import torch in
-    each worker (seconds). The pool is created before tqdm starts its monitor thread.
+    each worker. The pool is created before tqdm starts its monitor thread.
     """
     from tqdm import tqdm
     results = [None] * len(arg_list)
@@ -428,7 +435,7 @@ def prepare_dataset(raw_dir: str, out_dir: str, workers: int = 2, target_spacing
     if fingerprint is None:
         fingerprint = compute_fingerprint(raw_dir, meta, cases, workers, progress)  # reads + validates all data
         fingerprint["input_hash"] = fp_hash
-        dio.write_json(fingerprint, fp_path)
+        write_json(fp_path, fingerprint)
     plans = make_plans(fingerprint, meta, target_spacing, patch_size, batch_size)
     plans_hash = _hash(plans)
     todo, reused = [], 0
@@ -444,7 +451,7 @@ def prepare_dataset(raw_dir: str, out_dir: str, workers: int = 2, target_spacing
     os.makedirs(os.path.join(out_dir, "data"), exist_ok=True)
     _map(_preprocess_case, todo, workers, progress, "preprocess")
     plans["cache"] = dict(preprocessed=len(todo), reused=reused)
-    dio.write_json(plans, os.path.join(out_dir, "plans.json"))
+    write_json(os.path.join(out_dir, "plans.json"), plans)
     return plans
 
 

@@ -1,7 +1,7 @@
 """Infinite patch sampling from a preprocessed dataset, with nnU-Net's foreground oversampling.
 
 A batch holds ``batch_size`` patches of the *initial* (enlarged) patch size, so that the spatial
-augmentation (rotation up to 30 deg, scaling) can cut the final patch without empty corners; the
+augmentation (rotation, scaling) can cut the final patch without empty corners; the
 augmentation (``augment.augment``) crops them to the final ``patch_size``.
 
 * Sample ``i`` of a batch is forced to contain foreground when ``i >= round(batch_size * (1 - 0.33))``
@@ -120,9 +120,9 @@ class PatchDataset(IterableDataset):
         if force_fg and locs:
             cls = sorted(locs)[int(rng.integers(len(locs)))]
             voxel = locs[cls][int(rng.integers(len(locs[cls])))]
-            origin = [int(min(max(v - p // 2, l), u)) for v, p, l, u in zip(voxel, self.initial, lb, ub)]
+            origin = [int(min(max(v - p // 2, lo), hi)) for v, p, lo, hi in zip(voxel, self.initial, lb, ub)]
         else:
-            origin = [int(rng.integers(l, u + 1)) for l, u in zip(lb, ub)]
+            origin = [int(rng.integers(lo, hi + 1)) for lo, hi in zip(lb, ub)]
         x = crop_padded(image, origin, self.initial, 0.0).astype(np.float32, copy=False)
         y = crop_padded(seg, origin, self.initial, -1).astype(np.int16)[None]
         return x, y, [o + p // 2 for o, p in zip(origin, self.initial)]
@@ -147,7 +147,8 @@ class PatchDataset(IterableDataset):
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         while True:
             x, y = self.batch(rng)
-            yield aug.augment(x, y, gen, patch_size=self.patch_size, config=cfg, use_mask_for_norm=self.use_mask_for_norm)
+            yield aug.augment(x, y, gen, patch_size=self.patch_size, config=cfg,
+                              use_mask_for_norm=self.use_mask_for_norm)
 
 
 def make_loader(out_dir: str, cases=None, num_workers: int = 2, pin_memory: bool = False, prefetch_factor: int = 2,

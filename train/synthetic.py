@@ -19,6 +19,7 @@ import os
 import numpy as np
 from scipy import ndimage
 
+from mednext_fast.atomic import write_json
 from mednext_fast.train import dataset_io as dio
 
 LABELS = {"background": 0, "organ": 1, "vessel": 2, "lesion": 3}
@@ -95,5 +96,5 @@ def write_synthetic_dataset(out_dir: str, kind: str = "mr", n_cases: int = 4, sh
     meta = dict(name=f"synthetic_{kind}", description=f"mednext_fast synthetic phantoms ({kind}), seed {seed}",
                 channel_names={"0": cfg["channel"]}, labels=dict(LABELS), numTraining=n_cases,
                 file_ending=".nii.gz", licence="generated")
-    dio.write_json(meta, os.path.join(out_dir, "dataset.json"))
+    write_json(os.path.join(out_dir, "dataset.json"), meta)
     return out_dir

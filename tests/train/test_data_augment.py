@@ -143,8 +143,9 @@ def test_each_intensity_transform_acts_only_when_drawn():
         assert not torch.allclose(out, image), field
         assert torch.equal(pyr[0], label.long()), field  # intensity transforms never touch labels
     # gamma keeps mean and std
-    cfg = A.AugmentConfig(**{**{f: 0 for f in ("p_rotation", "p_scale", "p_noise", "p_blur", "p_brightness",
-                                                "p_contrast", "p_lowres", "p_gamma_inverted", "p_mirror")}, "p_gamma": 1})
+    off = ("p_rotation", "p_scale", "p_noise", "p_blur", "p_brightness", "p_contrast", "p_lowres", "p_gamma_inverted",
+           "p_mirror")
+    cfg = A.AugmentConfig(**{**{f: 0 for f in off}, "p_gamma": 1})
     out, _ = A.augment(image, label, torch.Generator().manual_seed(5), config=cfg)
     assert torch.allclose(out.mean((2, 3, 4)), image.mean((2, 3, 4)), atol=1e-4)
     assert torch.allclose(out.std((2, 3, 4)), image.std((2, 3, 4)), atol=1e-3)
@@ -183,14 +184,14 @@ def test_label_pyramid_scales_and_seed_determinism():
 def _reference_label_warp(lab, matrix, patch):
     """Independent reference: each label's one-hot through grid_sample, argmax; outside = -1."""
     S = torch.tensor(lab.shape[1:], dtype=torch.float64)
-    P = torch.tensor(patch, dtype=torch.float64)
     axes = [torch.arange(p, dtype=torch.float64) - (p - 1) / 2 for p in patch]
     out = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
     src = out @ matrix.T + (S - 1) / 2
     grid = (2 * src / (S - 1) - 1).flip(-1).float()[None]
     values = torch.arange(-1, int(lab.max()) + 1)
     onehot = (lab[0][None] == values.view(-1, 1, 1, 1)).float()
-    w = torch.nn.functional.grid_sample(onehot[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+    w = torch.nn.functional.grid_sample(onehot[None], grid, mode="bilinear", padding_mode="zeros",
+                                        align_corners=True)[0]
     w[0] += 1 - w.sum(0)
     return values[w.argmax(0)][None]
 

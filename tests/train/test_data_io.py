@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from mednext_fast.atomic import write_json
 from mednext_fast.train import dataset_io as dio
 from mednext_fast.train import preprocess as pp
 
@@ -22,8 +23,9 @@ def _good(root, n_cases=2, n_ch=1):
         lab = np.zeros(SHAPE, np.uint8)
         lab[2:6, 2:6, 2:5] = 1
         dio.write_volume(lab, aff, os.path.join(root, "labelsTr", f"case{i}.nii.gz"))
-    dio.write_json(dict(channel_names={str(c): f"MR{c}" for c in range(n_ch)}, labels={"background": 0, "x": 1},
-                        numTraining=n_cases, file_ending=".nii.gz"), os.path.join(root, "dataset.json"))
+    write_json(os.path.join(root, "dataset.json"), dict(channel_names={str(c): f"MR{c}" for c in range(n_ch)},
+                                                        labels={"background": 0, "x": 1}, numTraining=n_cases,
+                                                        file_ending=".nii.gz"))
     return root
 
 
@@ -156,10 +158,12 @@ def test_msd_import(tmp_path):
     aff = np.diag([0.6, 0.6, 3.6, 1.0])
     training = []
     for i in range(2):
-        dio.write_volume(rng.normal(0, 1, SHAPE + (2,)).astype(np.float32), aff, str(msd / "imagesTr" / f"prostate_{i:02d}.nii.gz"))
+        dio.write_volume(rng.normal(0, 1, SHAPE + (2,)).astype(np.float32), aff,
+                         str(msd / "imagesTr" / f"prostate_{i:02d}.nii.gz"))
         lab = rng.integers(0, 3, SHAPE).astype(np.uint8)
         dio.write_volume(lab, aff, str(msd / "labelsTr" / f"prostate_{i:02d}.nii.gz"))
-        training.append({"image": f"./imagesTr/prostate_{i:02d}.nii.gz", "label": f"./labelsTr/prostate_{i:02d}.nii.gz"})
+        training.append({"image": f"./imagesTr/prostate_{i:02d}.nii.gz",
+                         "label": f"./labelsTr/prostate_{i:02d}.nii.gz"})
     json.dump(dict(name="Prostate", modality={"0": "T2", "1": "ADC"}, labels={"0": "background", "1": "PZ", "2": "TZ"},
                    numTraining=2, numTest=0, training=training, test=[], tensorImageSize="4D"),
               open(msd / "dataset.json", "w"))

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from mednext_fast.atomic import write_json
 from mednext_fast.train import dataset_io as dio
 from mednext_fast.train import preprocess as pp
 
@@ -18,7 +19,8 @@ def _objects(shape, spacing):
     lab = np.zeros(shape, np.int16)
     lab[((mm - np.array([15, 16, 17.0])[:, None, None, None]) ** 2).sum(0) <= 9 ** 2] = 1
     lab[(mm[0] > 27) & (mm[0] < 38) & (mm[1] > 6) & (mm[1] < 20) & (mm[2] > 22) & (mm[2] < 36)] = 2
-    ell = (((mm - np.array([30, 30, 10.0])[:, None, None, None]) / np.array([6, 5, 4.0])[:, None, None, None]) ** 2).sum(0) <= 1
+    centre, radii = np.array([30, 30, 10.0])[:, None, None, None], np.array([6, 5, 4.0])[:, None, None, None]
+    ell = (((mm - centre) / radii) ** 2).sum(0) <= 1
     lab[ell] = 3
     return lab
 
@@ -76,8 +78,9 @@ def test_ct_normalisation_equals_hand_computation(tmp_path):
         img[lab == 2] += 900  # bright class: the 99.5 percentile clip matters
         _write_ct_case(raw, f"ct_{i}", img, lab)
         images.append(img), labels.append(lab)
-    dio.write_json(dict(channel_names={"0": "CT"}, labels={"background": 0, "a": 1, "b": 2}, numTraining=2,
-                        file_ending=".nii.gz"), os.path.join(raw, "dataset.json"))
+    write_json(os.path.join(raw, "dataset.json"), dict(channel_names={"0": "CT"},
+                                                       labels={"background": 0, "a": 1, "b": 2}, numTraining=2,
+                                                       file_ending=".nii.gz"))
     plans = pp.prepare_dataset(raw, str(tmp_path / "pp"), workers=0, progress=False)
     # hand computation: pooled foreground voxels (all of them: < 10000 per case) of both cases
     fg = np.concatenate([im[lab > 0].astype(np.float64) for im, lab in zip(images, labels)])

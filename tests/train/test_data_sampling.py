@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from mednext_fast.atomic import write_json
 from mednext_fast.train import dataset_io as dio
 from mednext_fast.train import preprocess as pp
 from mednext_fast.train import sampling
@@ -22,8 +23,9 @@ def sparse_fg(tmp_path_factory):
         lab[c[0]:c[0] + 3, c[1]:c[1] + 3, c[2]:c[2] + 3] = 1 + i % 2
         dio.write_volume(img, np.eye(4), os.path.join(root, "imagesTr", f"s{i}_0000.nii.gz"))
         dio.write_volume(lab, np.eye(4), os.path.join(root, "labelsTr", f"s{i}.nii.gz"))
-    dio.write_json(dict(channel_names={"0": "MR"}, labels={"background": 0, "a": 1, "b": 2}, numTraining=2,
-                        file_ending=".nii.gz"), os.path.join(root, "dataset.json"))
+    write_json(os.path.join(root, "dataset.json"), dict(channel_names={"0": "MR"},
+                                                        labels={"background": 0, "a": 1, "b": 2}, numTraining=2,
+                                                        file_ending=".nii.gz"))
     out = str(tmp_path_factory.mktemp("sparse_pp"))
     pp.prepare_dataset(root, out, workers=0, progress=False, patch_size=(16, 16, 16), batch_size=3)
     return out
@@ -100,7 +102,8 @@ def test_synthetic_dataset_is_deterministic(tmp_path):
         assert set(np.unique(lab)) == {0, 1, 2, 3}
     ct = nib.load(os.path.join(tmp_path, "a_ct", "imagesTr", "ct_000_0000.nii.gz")).get_fdata()
     assert ct.min() < -900 and ct.max() > 150  # Hounsfield-like: air and contrast-filled vessel
-    assert nib.load(os.path.join(tmp_path, "a_aniso", "imagesTr", "aniso_000_0000.nii.gz")).header.get_zooms() == (0.8, 0.8, 4.0)
+    image = nib.load(os.path.join(tmp_path, "a_aniso", "imagesTr", "aniso_000_0000.nii.gz"))
+    assert image.header.get_zooms() == (0.8, 0.8, 4.0)
 
 
 def test_augment_in_worker_yields_training_ready_batches(sparse_fg):
