@@ -1,12 +1,13 @@
-"""The training loop's only door to the data pipeline (``dataset_io``, ``preprocess``, ``sampling``,
-``augment``, ``synthetic``, ``colin27``): ``run.py`` calls the functions here and nothing else, so the
-pipeline can change without touching the loop.
+"""The trainer's and predictor's door to the data pipeline (``dataset_io``, ``preprocess``, ``sampling``,
+``augment``, ``synthetic``, ``colin27``): they call the functions here, plus the inverse of the
+preprocessing (``preprocess.revert_to_original``), so the pipeline can change without touching the loop.
 
-What is ours (the pipeline has no counterpart): the seeded k-fold split, per-epoch random streams for
-an exact resume, background prefetching, and ``export`` (inverse of crop + resample for predictions).
+What is ours (the pipeline has no counterpart): the seeded k-fold split and the run's split file,
+per-epoch random streams for an exact resume, and background prefetching.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -84,25 +85,10 @@ def write_label(label: np.ndarray, affine, path: str) -> None:
 
 
 def preprocess_image(image: np.ndarray, spacing, plans: dict):
-    """Inference preprocessing (crop -> normalise -> resample); (image, props for ``export``)."""
+    """Inference preprocessing (crop -> normalise -> resample); (image, props for
+    ``preprocess.revert_to_original``)."""
     pre, _, props = pp.preprocess_arrays(image, None, spacing, plans)
     return pre, props
-
-
-def export(probabilities: torch.Tensor, props: dict, plans: dict) -> np.ndarray:
-    """Probabilities (K, *resampled) -> label map in the original geometry.
-
-    Inverse of ``preprocess_arrays``: resample the probabilities back to the cropped shape (order 1, with
-    nnU-Net's separate-z order 0 along a coarse axis, via the pipeline's ``resample_image``), argmax, then
-    put the crop back into the original shape with background outside.
-    """
-    probs = probabilities.float().numpy()
-    crop_shape = list(props["cropped_shape"])
-    if list(probs.shape[1:]) != crop_shape:
-        probs = pp.resample_image(probs, plans["target_spacing"], props["original_spacing"], crop_shape, order=1)
-    label = np.zeros(props["original_shape"], np.int16)
-    label[tuple(slice(a, b) for a, b in props["bbox"])] = probs.argmax(0)
-    return label
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -118,6 +104,23 @@ def make_splits(cases, n_folds: int = 5, seed: int = 12345) -> list:
     chunks = np.array_split(order, n_folds)
     return [dict(train=sorted(cases[i] for j, c in enumerate(chunks) if j != k for i in c),
                  val=sorted(cases[i] for i in chunks[k])) for k in range(n_folds)]
+
+
+def run_splits(ds: RawDataset, run_dir: str, seed: int) -> list:
+    """The run's split: its own ``splits_final.json`` when it has one (it must list the dataset's cases), else
+    the dataset's (e.g. Colin27's hemispheres), else a seeded 5-fold split."""
+    path = os.path.join(run_dir, "splits_final.json")
+    if os.path.isfile(path):
+        with open(path) as handle:
+            splits = json.load(handle)
+        if sorted(splits[0]["train"] + splits[0]["val"]) != sorted(ds.cases):
+            raise SystemExit(f"{path} lists other cases than {ds.root}; use another --output")
+        return splits
+    own = os.path.join(ds.root, "splits_final.json")
+    if os.path.isfile(own):
+        with open(own) as handle:
+            return json.load(handle)
+    return make_splits(ds.cases, 5, seed)
 
 
 # ---------------------------------------------------------------------------------------------------

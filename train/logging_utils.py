@@ -1,10 +1,13 @@
-"""Run logging: a plain-text log file (rank 0), console echo, and a per-epoch progress plot (PNG)."""
+"""Run logging: a plain-text log file (rank 0), console echo, a per-epoch progress plot (PNG), and the
+progress bars."""
 from __future__ import annotations
 
 import datetime
 import json
 import os
 import sys
+
+from mednext_fast.atomic import write_json, write_via
 
 
 class RunLog:
@@ -46,11 +49,10 @@ class RunLog:
             plot_progress(self.history, os.path.join(self.folder, name))
 
 
-def write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(obj, handle, indent=1, allow_nan=True)
-    os.replace(tmp, path)
+def progress_bar(iterable=None, disable=False, **kwargs):
+    """A tqdm bar that disappears when done; ``disable`` hides it (also when stderr is not a terminal)."""
+    from tqdm import tqdm
+    return tqdm(iterable, disable=disable or None, leave=False, dynamic_ncols=True, **kwargs)
 
 
 def plot_progress(history: dict, path: str) -> None:
@@ -82,7 +84,7 @@ def plot_progress(history: dict, path: str) -> None:
     axes[2].set_ylabel("epoch time (s)")
     axes[2].set_xlabel("epoch")
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_via(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    finally:
+        plt.close(fig)

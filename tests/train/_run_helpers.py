@@ -1,9 +1,10 @@
-"""Shared helpers of the training-loop tests: a tiny synthetic dataset and the run.py command."""
+"""Shared helpers of the training-loop tests: a tiny synthetic dataset and the run.py / predict.py commands."""
 import os
 import sys
 
-RUN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      "train", "run.py")
+TRAIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "train")
+RUN_PY = os.path.join(TRAIN_DIR, "run.py")
+PREDICT_PY = os.path.join(TRAIN_DIR, "predict.py")
 
 
 def tiny_dataset(root, n_cases=4, seed=0):
@@ -16,9 +17,13 @@ def run_cmd(*args):
     return [sys.executable, RUN_PY, *map(str, args)]
 
 
+def predict_cmd(*args):
+    return [sys.executable, PREDICT_PY, *map(str, args)]
+
+
 def one_thread():
-    """Generator for an autouse fixture: torch on one thread during the test. On this 2-core machine,
-    shared with other jobs, two OpenMP threads run ~10x slower than one."""
+    """Generator for an autouse fixture: torch on one thread during the test, so OpenMP threads do not
+    contend for the cores with other jobs on a small shared machine."""
     import torch
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -18,7 +18,8 @@ EPOCHS = 3
 
 def _args(ds, out):
     return run_cmd("--dataset", ds, "--output", out, "--preset", "tiny", "--epochs", EPOCHS, "--iters-per-epoch",
-                   8, "--threads", "1", "--no-final-validation", "--no-progress", "--backend", "torch", "--workers", "0")
+                   8, "--threads", "1", "--no-final-validation", "--no-progress", "--backend", "torch",
+                   "--workers", "0")
 
 
 def _checkpoint_epoch(fold):
@@ -37,7 +38,7 @@ def test_kill_mid_epoch_then_resume(tmp_path):
         deadline = time.time() + 90
         while _checkpoint_epoch(fold) < 1 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
-        time.sleep(0.3)  # inside epoch 1 (an epoch takes > 1 s)
+        time.sleep(0.3)  # inside epoch 1: its 8 iterations outlast this sleep
         assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

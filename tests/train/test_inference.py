@@ -8,6 +8,7 @@ import torch
 
 import mednext_fast as mf
 from mednext_fast.train import data_bridge
+from mednext_fast.train.preprocess import revert_to_original
 from mednext_fast.train.inference import compute_steps, gaussian_importance, sliding_window
 
 from ._run_helpers import one_thread
@@ -107,7 +108,7 @@ def test_export_restores_original_geometry():
     crop = label[tuple(slice(a, b) for a, b in props["bbox"])]
     lab = resample_seg(crop, spacing, plans["target_spacing"], list(pre.shape[1:]))
     probs = torch.nn.functional.one_hot(torch.from_numpy(lab.astype(np.int64)), 3).movedim(-1, 0).float()
-    back = data_bridge.export(probs, props, plans)
+    back = revert_to_original(probs, props, plans)
     assert back.shape == label.shape
     assert (back[label == 0] == 0).mean() > 0.97
     assert (back[label == 1] == 1).mean() > 0.85 and (back[label == 2] == 2).mean() > 0.8

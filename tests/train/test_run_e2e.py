@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mednext_fast.train import run
+from mednext_fast.train import predict, run
 
-from ._run_helpers import one_thread, run_cmd, tiny_dataset
+from ._run_helpers import one_thread, predict_cmd, run_cmd, tiny_dataset
 
 _threads = pytest.fixture(autouse=True)(one_thread)
 
@@ -59,8 +59,8 @@ def test_train_validate_predict(tmp_path):
     for c in ("mr_000", "mr_003"):
         shutil.copy(os.path.join(ds, "imagesTr", f"{c}_0000.nii.gz"), inp)
     labels = tmp_path / "labels"
-    assert run.main(["predict", "-i", str(inp), "-o", str(labels), "-m", str(out), "--folds", "0", "1",
-                     "--no-mirror", "--no-progress", "--backend", "torch"]) == 0
+    assert predict.main(["-i", str(inp), "-o", str(labels), "-m", str(out), "--folds", "0", "1",
+                         "--no-mirror", "--no-progress", "--backend", "torch"]) == 0
     for c in ("mr_000", "mr_003"):
         got = nib.load(labels / f"{c}.nii.gz")
         src = nib.load(inp / f"{c}_0000.nii.gz")
@@ -69,13 +69,13 @@ def test_train_validate_predict(tmp_path):
 
 
 def test_cli_help_documents_every_option_and_script_runs_outside_the_repo(tmp_path):
-    # Run as a script from another folder: run.py must find the package itself.
+    # Run as scripts from another folder: run.py and predict.py find the package through the install.
     res = subprocess.run(run_cmd("--help"), cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     for option in ("--variant", "--kernel", "--amp", "--checkpointing", "--backend", "--compile", "--init-from",
                    "--fold", "--resume", "--epochs", "--iters-per-epoch", "--preset", "predict", "torchrun"):
         assert option in res.stdout, option
-    res = subprocess.run(run_cmd("predict", "--help"), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(predict_cmd("--help"), cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--folds" in res.stdout
 
 
