@@ -4,6 +4,8 @@ The repo keeps one idea per top-level folder (kernels/, train/, csrc/); installe
 under the ``mednext_fast`` namespace (``mednext_fast.kernels``, ``mednext_fast.train``) so no generic
 top-level name lands in site-packages. Build with ``pip install --no-build-isolation -e .`` so the
 extension compiles against the torch already installed (an isolated build would fetch another torch).
+A source checkout runs through that editable install, which maps the folders to their package names
+(nothing is added to sys.path); ``MEDNEXT_FAST_NO_EXT=1`` skips the C++ build (e.g. on a GPU machine).
 
 The C++ extension ``mednext_fast._C`` (csrc/, the 'cpp' backend) is optional: if torch is missing, the
 compiler fails, or ``MEDNEXT_FAST_NO_EXT=1`` is set, the install still succeeds without it and prints a
@@ -102,6 +104,8 @@ setup(
         "triton": ["triton>=3.6"],
         "train": ["nibabel", "scipy", "tqdm", "matplotlib"],
     },
-    entry_points={"console_scripts": ["mednext-train = mednext_fast.train.run:main"]},
+    entry_points={"console_scripts": ["mednext-train = mednext_fast.train.run:main",
+                                      "mednext-predict = mednext_fast.train.predict:main",
+                                      "mednext-prepare = mednext_fast.train.prepare:main"]},
     **extension_kwargs(),
 )
