@@ -1,6 +1,6 @@
 """GPU micro-benchmark of one stride-1 MedNeXt block: Triton fused ops vs eager PyTorch and torch.compile.
 
-    python benchmarks/bench_block_gpu.py --out benchmarks/results/block-gpu-$(date +%F) [--quick]
+    python -m benchmarks.bench_block_gpu [--quick] [--csv PATH] [--out DIR]
 
 Cases: MedNeXt levels 0..4 at batch 2 and a 128^3 input (C=32 at 128^3 ... C=512 at 8^3), expansion
 ratios R and kernel sizes k, under bf16 autocast (fp32 master weights). Columns:
@@ -18,26 +18,23 @@ Modes ``fwd`` and ``fwdbwd`` (forward + backward with a fixed upstream gradient)
 backward (allocated after the forward minus before, output excluded). Rates: achieved GB/s against a
 minimal-traffic model (each activation read/written once in bf16) and TFLOP/s against model FLOPs
 (2*k^3 per voxel-channel for the depthwise conv, 4*R*C^2 per voxel for the MLP; fwd+bwd counted as 3x the
-forward), with the fraction of the vendor peak when the GPU is known. Writes results.json and results.md
-under --out. On a machine without CUDA it prints "no CUDA: skipped" and exits 0.
+forward), with the fraction of the vendor peak when the GPU is known. Appends one row per cell to the
+results CSV (suite "block_gpu"; the bf16 error of the triton and eager blocks against fp32 eager goes in
+their fwd rows' "extra"); --out also writes results.md there. On a machine without CUDA it prints
+"no CUDA: skipped" and exits 0.
 """
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 import types
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from benchmarks import device_info, store
 
 LEVELS = {0: (32, 128), 1: (64, 64), 2: (128, 32), 3: (256, 16), 4: (512, 8)}  # level -> (C, edge)
 # Vendor peaks: (HBM bytes/s, fp32 FMA FLOP/s, bf16 tensor-core FLOP/s). Matched by substring of the name.
@@ -49,7 +46,9 @@ COLUMNS = ("triton", "triton_cl", "eager", "eager_cl", "compile", "triton_dw", "
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/block-gpu-<date>)")
+    parser.add_argument("--out", default=None, help="also write results.md to this folder")
+    parser.add_argument("--csv", default=store.DEFAULT_CSV, help="results CSV to append to (default: %(default)s)")
+    parser.add_argument("--note", default=None, help="free text for every row's note")
     parser.add_argument("--quick", action="store_true",
                         help="levels 0,2,4, k=3,5, R=2, short do_bench (a few minutes)")
     parser.add_argument("--levels", default="0,1,2,3,4", help="MedNeXt levels (0: C=32 at 128^3 ... 4: C=512 at 8^3)")
@@ -215,6 +214,34 @@ def check_error(ops, level, k, r, dtype):
                 eager_rel_err=(eager - ref).abs().max().item() / scale)
 
 
+def csv_rows(env, args, rows, error):
+    """The CSV rows of one (level, k, R) case; ``error`` is its check_error result."""
+    out = []
+    for row in rows:
+        c, edge = LEVELS[row["level"]]
+        entry = dict(env, suite="block_gpu", level=row["level"], channels=c, size=edge, batch=args.batch,
+                     ratio=row["R"], kernel=row["k"], mode=row["mode"], dtype=args.dtype, column=row["column"])
+        if "median_ms" not in row:
+            entry["skipped"] = f"error: {row.get('error', '')}"[:300]
+            out.append(entry)
+            continue
+        extra = {}
+        if row.get("saved_for_backward_bytes") is not None:
+            extra["saved_for_backward_bytes"] = row["saved_for_backward_bytes"]
+        if row["mode"] == "fwd" and row["column"] in ("triton", "eager") and error:
+            key = "triton_rel_err" if row["column"] == "triton" else "eager_rel_err"
+            if error.get(key) == error.get(key):  # not NaN
+                extra["max_rel_err_vs_fp32"] = error[key]
+        if "roofline_fraction" in row:
+            extra["peak"] = "roofline (vendor peaks)"
+        entry.update(median_ms=row["median_ms"], peak_extra_bytes=row["peak_extra_bytes"],
+                     gflops=row["model_tflops"] * 1e3, gbps=row["model_gbps"],
+                     pct_of_peak=100 * row["roofline_fraction"] if "roofline_fraction" in row else None,
+                     extra=extra or None)
+        out.append(entry)
+    return out
+
+
 def write_markdown(path, meta, rows, errors):
     lines = [f"# MedNeXt block micro-benchmark ({meta['device']})", "",
              f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, cuDNN {meta['cudnn']}, "
@@ -250,8 +277,9 @@ def write_markdown(path, meta, rows, errors):
         for e in errors:
             lines.append(f"| {e['level']} | {e['k']} | {e['R']} | {e['triton_rel_err']:.2e} | "
                          f"{e['eager_rel_err']:.2e} |")
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    from mednext_fast.atomic import write_text
+
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
@@ -265,16 +293,13 @@ def main(argv=None) -> int:
     from mednext_fast.kernels import norm_mlp as mlp_mod
     ops = types.SimpleNamespace(dwconv_stats=dw_mod.dwconv_stats, norm_mlp=mlp_mod.norm_mlp)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    out_dir = args.out or os.path.join(_ROOT, "benchmarks", "results",
-                                       f"block-gpu-{datetime.date.today().isoformat()}")
-    os.makedirs(out_dir, exist_ok=True)
+    argv_text = device_info.command_line("benchmarks.bench_block_gpu", argv)
+    env = device_info.row_environment("cuda", argv_text, note=args.note)
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), python=platform.python_version(),
-                dtype=args.dtype, batch=args.batch, date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                argv=sys.argv[1:])
+                cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), dtype=args.dtype, batch=args.batch,
+                date=env["date"])
     rows, errors = [], []
     start = time.time()
-    json_path, md_path = os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md")
     cases = [(level, k, r) for level in args.levels for k in args.kernels for r in args.ratios]
     for level, k, r in cases:
         if args.budget_s and time.time() - start > args.budget_s:
@@ -285,21 +310,24 @@ def main(argv=None) -> int:
         except Exception as err:  # keep benchmarking the other cases
             errors.append(dict(level=level, k=k, R=r, triton_rel_err=float("nan"),
                                eager_rel_err=float("nan"), error=repr(err)[:300]))
+        case_rows = []
         for mode in args.modes:
             for column in args.columns:
                 try:
                     row = bench_case(args, ops, level, k, r, mode, column, dtype)
                 except Exception as err:
                     row = dict(level=level, k=k, R=r, mode=mode, column=column, error=repr(err)[:300])
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                case_rows.append(row)
+                print(row, flush=True)
                 torch.cuda.empty_cache()
-        with open(json_path, "w") as handle:  # partial results survive a timeout
-            json.dump(dict(meta=meta, rows=rows, errors=errors), handle, indent=1)
-        write_markdown(md_path, meta, rows, errors)
+        rows += case_rows
+        store.append(csv_rows(env, args, case_rows, errors[-1]), args.csv)  # partial results survive a timeout
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            write_markdown(os.path.join(args.out, "results.md"), meta, rows, errors)
     summary = [statistics.median([r["median_ms"] for r in rows if r.get("column") == c and "median_ms" in r])
                for c in args.columns if any(r.get("column") == c and "median_ms" in r for r in rows)]
-    print(f"wrote {json_path} and {md_path} ({len(rows)} rows, medians {summary})")
+    print(f"{len(rows)} rows appended to {args.csv} (run {env['run']}; medians {summary})")
     return 0
 
 

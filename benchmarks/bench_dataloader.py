@@ -1,26 +1,26 @@
 """Throughput of the training data path: patch loader (worker processes) + augmentation, in patches/s.
 
-    python benchmarks/bench_dataloader.py                      # CPU, 2 workers, 128^3, batch 2, augment in workers
-    python benchmarks/bench_dataloader.py --augment-in main    # CPU, augment in the main process
-    python benchmarks/bench_dataloader.py --device cuda        # augmentation on the GPU
+    python -m benchmarks.bench_dataloader                      # CPU, 2 workers, 128^3, batch 2, augment in workers
+    python -m benchmarks.bench_dataloader --augment-in main    # CPU, augment in the main process
+    python -m benchmarks.bench_dataloader --device cuda        # augmentation on the GPU
 
 Data: Colin27 (mricron-data) when installed, else synthetic MR phantoms of 160^3; preprocessed once into
 --cache (default /tmp/mednext_fast_bench_data) and reused. The loader cuts the enlarged initial patch
 (205^3 for 128^3) in its workers; on CPU the workers also run ``augment`` (CPU-only training), on a GPU
 the main process moves the batch to --device and runs ``augment`` there.
-Prints one JSON line: patches/s, seconds per batch, loader wait share.
+Prints one JSON line (patches/s, seconds per batch, loader wait share) and appends one row to the results
+CSV (suite "dataloader", column "loader": median and IQR of the time per batch).
 """
 import argparse
 import json
 import os
-import sys
+import statistics
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from mednext_fast.train import augment, colin27, preprocess, sampling, synthetic  # noqa: E402
+from benchmarks import device_info, store
+from mednext_fast.train import augment, colin27, preprocess, sampling, synthetic
 
 
 def data_dir(cache: str, patch) -> tuple:
@@ -50,6 +50,8 @@ def main(argv=None):
                     help="where augment() runs: 'workers' (the loader processes, for CPU-only training), 'main' (this "
                          "process, on --device); auto = workers on CPU, main on a GPU")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in the main process (0: torch's default)")
+    ap.add_argument("--csv", default=store.DEFAULT_CSV, help="results CSV to append to (default: %(default)s)")
+    ap.add_argument("--note", default=None, help="free text for the row's note")
     args = ap.parse_args(argv)
     args.augment_in_workers = args.augment_in == "workers" or (args.augment_in == "auto" and args.device == "cpu")
     if args.threads:
@@ -63,12 +65,14 @@ def main(argv=None):
     dev = torch.device(args.device)
     gen = torch.Generator(device=dev).manual_seed(0)
     it = iter(loader)
-    wait = 0.0
+    wait, marks = 0.0, []  # marks: the start of each timed batch, then the end of the last
     for i in range(args.batches + 2):
-        if i == 2:  # start timing after worker start-up and first batches
+        if i >= 2:  # time after worker start-up and the first batches
             if dev.type == "cuda":
                 torch.cuda.synchronize()
-            t0, wait = time.perf_counter(), 0.0
+            marks.append(time.perf_counter())
+        if i == 2:
+            t0, wait = marks[0], 0.0
         tw = time.perf_counter()
         x, y = next(it)
         wait += time.perf_counter() - tw
@@ -80,13 +84,25 @@ def main(argv=None):
         assert img.shape[2:] == tuple(patch) and len(pyr) == 5
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    marks.append(time.perf_counter())
+    per_batch = [b - a for a, b in zip(marks, marks[1:])]
+    dt = marks[-1] - t0
     n = args.batches * args.batch_size
-    print(json.dumps(dict(dataset=name, device=str(dev), workers=args.workers, patch=args.patch,
-                          batch_size=args.batch_size, batches=args.batches, patches_per_s=round(n / dt, 3),
-                          augment_in=("workers" if args.augment_in_workers else str(dev)),
-                          s_per_batch=round(dt / args.batches, 3), loader_wait_share=round(wait / dt, 3),
-                          torch_threads=torch.get_num_threads())))
+    where = "workers" if args.augment_in_workers else str(dev)
+    result = dict(dataset=name, device=str(dev), workers=args.workers, patch=args.patch,
+                  batch_size=args.batch_size, batches=args.batches, patches_per_s=round(n / dt, 3),
+                  augment_in=where, s_per_batch=round(dt / args.batches, 3), loader_wait_share=round(wait / dt, 3),
+                  torch_threads=torch.get_num_threads())
+    print(json.dumps(result))
+    quartiles = statistics.quantiles(per_batch, n=4) if len(per_batch) >= 2 else [per_batch[0]] * 3
+    env = device_info.row_environment(dev.type, device_info.command_line("benchmarks.bench_dataloader", argv),
+                                      note=args.note)
+    row = dict(env, suite="dataloader", size=args.patch, batch=args.batch_size, dtype="fp32",
+               mode=f"{args.workers} workers, augment in {where}", column="loader",
+               median_ms=statistics.median(per_batch) * 1e3, iqr_ms=(quartiles[2] - quartiles[0]) * 1e3,
+               runs=len(per_batch), extra=dict(dataset=name, patches_per_s=result["patches_per_s"],
+                                               loader_wait_share=result["loader_wait_share"]))
+    store.append([row], args.csv)
 
 
 if __name__ == "__main__":

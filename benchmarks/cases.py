@@ -24,9 +24,6 @@ SUITE_COLUMNS = {"ops": ("eager", "compile", "triton", "cpp"),
                  "model": COLUMNS, "train": COLUMNS}
 N_CLASSES = 13
 DS_WEIGHTS = [1 / 2 ** i for i in range(5)]
-# Paper Table 3: seconds per training epoch (250 iterations, batch 2, 128^3), kernel 3 and 5.
-PAPER_EPOCH_S = {("S", 3): 117, ("S", 5): 364, ("B", 3): 120, ("B", 5): 381,
-                 ("M", 3): 213, ("M", 5): 668, ("L", 3): 267, ("L", 5): 735}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -1,11 +1,12 @@
 """The one command a session with a lent GPU runs: CUDA tests in bf16/fp16, then the benchmarks.
 
-    python -m benchmarks.gpu_suite OUT_DIR [--budget-s 480] [--dry-run]
+    python -m benchmarks.gpu_suite OUT_DIR [--csv PATH] [--budget-s 480] [--dry-run]
 
-Everything lands under OUT_DIR (test log, one results folder and log per benchmark, summary.md); a
-summary table is printed last. The benchmarks run most wanted first (train steps of S/B, then the
-forward of every variant, ...) so a short budget trims the least wanted. Missing pieces (no CUDA, no
-Triton, no C++ extension, no MONAI) are skipped with a line that says so. --dry-run (or no CUDA) only reports what would run and what would be skipped.
+Every benchmark appends its rows to one results CSV (--csv, default OUT_DIR/results.csv); OUT_DIR also
+gets the test log, a log and a results.md per benchmark, and summary.md (the table printed last). The
+benchmarks run most wanted first (train steps of S/B, then the forward of every variant, ...) so a short
+budget trims the least wanted. Missing pieces (no CUDA, no Triton, no C++ extension, no MONAI) are
+skipped with a line that says so. --dry-run (or no CUDA) only reports what would run and be skipped.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from benchmarks import report, store
 
 # Run in this order, most wanted first; each gets weight / (weights still to run) of the time left, so
 # time one step leaves unused rolls on to the next. (name, weight, arguments of benchmarks.run)
@@ -33,9 +36,10 @@ BENCHMARKS = [
     ("compile", 0.18, ["--suite", "model,train", "--variants", "B", "--kernels", "3,5", "--checkpointing", "off",
                        "--columns", "eager,compile,triton"]),
 ]
-# The fused-block micro-benchmark (saved-for-backward memory, per-op roofline), its own script; between
+# The fused-block micro-benchmark (saved-for-backward memory, per-op roofline), its own module; between
 # ops and compile, which is last because its compile times are the least predictable.
-BLOCK_FUSED = ("block_fused", 0.12, ["--quick", "--columns", "triton,triton_cl,eager,eager_cl,triton_dw,triton_mlp"])
+BLOCK_FUSED = ("block_fused", 0.12,
+               ["--quick", "--columns", "triton,triton_cl,eager,eager_cl,triton_dw,triton_mlp"])
 TEST_SHARE = 0.27  # of the whole budget, for the CUDA tests (about 2 min with 8 workers on an H200)
 TESTS = ["tests/kernels", "tests/test_backends.py", "tests/test_accelerate.py"]
 
@@ -109,42 +113,26 @@ def steps() -> list:
     plan_ = [(name, weight, [python, "-m", "benchmarks.run", "--device", "cuda", "--min-time", "0.5", *extra])
              for name, weight, extra in BENCHMARKS]
     name, weight, extra = BLOCK_FUSED
-    plan_.insert(len(plan_) - 1, (name, weight, [python, "benchmarks/bench_block_gpu.py", *extra]))
+    plan_.insert(len(plan_) - 1, (name, weight, [python, "-m", "benchmarks.bench_block_gpu", *extra]))
     return plan_
 
 
-def summary(out: str) -> str:
-    """A short table: speed-up and memory of each column vs eager, per benchmark case."""
-    lines = ["| benchmark | case | column | median ms | speed-up vs eager | memory vs eager |", "|---|---|---|---|---|---|"]
-    for name, _, _ in BENCHMARKS:
-        path = os.path.join(out, name, "results.json")
-        if not os.path.exists(path):
-            lines.append(f"| {name} | (no results) | | | | |")
-            continue
-        with open(path) as handle:
-            rows = json.load(handle)["results"]
-        for row in rows:
-            if row["column"] == "eager":
-                continue
-            case = " ".join(f"{k}={row[k]}" for k in ("variant", "kernel", "level", "op", "mode", "checkpointing")
-                            if row.get(k) is not None)
-            if not row.get("median_s"):
-                lines.append(f"| {name} | {case} | {row['column']} | {row.get('skipped', '')[:70]} | | |")
-                continue
-            speed = f"{row['speedup_vs_eager']:.2f}x" if row.get("speedup_vs_eager") else ""
-            memory = f"{row['memory_vs_eager']:.2f}" if row.get("memory_vs_eager") else ""
-            lines.append(f"| {name} | {case} | {row['column']} | {row['median_s'] * 1e3:.2f} | {speed} | {memory} |")
-    return "\n".join(lines)
+def summary(csv_path: str) -> str:
+    """Every row the suite wrote, a table per suite with the speed-up vs eager of the same run and case."""
+    rows = store.read(csv_path)
+    return report.grid(rows) if rows else "(no results)"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_suite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="output folder")
+    parser.add_argument("--csv", default=None, help="results CSV to append to (default: OUT/results.csv)")
     parser.add_argument("--budget-s", type=float, default=480, help="total wall-clock budget (default: 480)")
     parser.add_argument("--dry-run", action="store_true", help="only report what would run and be skipped")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    csv_path = args.csv or os.path.join(args.out, "results.csv")
     found = probe()
     print(f"[gpu_suite] {found}")
     for line in plan(found):
@@ -174,11 +162,11 @@ def main(argv=None) -> int:
             print(f"[gpu_suite] skip {name}: no triton")
             continue
         # The runner stops starting cells at 80 % of the slot; the kill at the slot's end keeps the
-        # results written so far (benchmarks.run writes its JSON after every cell).
-        cmd = cmd + ["--out", os.path.join(args.out, name), "--budget-s", f"{slot * 0.8:.0f}"]
+        # rows written so far (every benchmark appends to the CSV after each case).
+        cmd = cmd + ["--csv", csv_path, "--out", os.path.join(args.out, name), "--budget-s", f"{slot * 0.8:.0f}"]
         code = run(cmd, os.path.join(args.out, f"{name}.log"), slot)
         print(f"[gpu_suite] {name}: exit code {code} after {time.time() - start:.0f} s", flush=True)
-    table = summary(args.out)
+    table = summary(csv_path)
     with open(os.path.join(args.out, "summary.md"), "w") as handle:
         handle.write(f"# GPU suite on {found['device']}\n\n{json.dumps(found)}\n\n{table}\n")
     print(table)

@@ -1,129 +1,347 @@
-"""Benchmark results as JSON, a markdown table with ratios, and PNG plots."""
+"""Tables and plots from the results CSV (benchmarks/results/results.csv, see benchmarks.store).
+
+    python -m benchmarks.report                                     # the latest run of every case
+    python -m benchmarks.report --device cpu --suite model --size 128 --note "glibc*"
+    python -m benchmarks.report --commit 4b21314 --all-runs         # every run of one commit
+    python -m benchmarks.report --run RUN_ID --plots /tmp/plots     # one run, with PNG plots
+    python -m benchmarks.report --format pairs --columns cpp        # one row per case: cpp vs eager
+    python -m benchmarks.report --update README.md benchmarks/README.md csrc/README.md kernels/README.md
+
+Filters take comma-separated alternatives, each a glob pattern ("4b21314*", "*Xeon*"). By default, for
+each case and setting (device, ISA, threads, note) only the latest run that measured it is shown.
+
+Grid cells: median (speed-up vs the baseline column; peak extra memory; share of the peak named in the
+CSV). Speed-up = baseline median / this median, memory = this peak / the baseline's, always between rows
+of the same run and case, never across runs. The train suite adds an epoch estimate (250 iterations of
+batch 2, as in the paper's Table 3) beside the paper's own seconds per epoch.
+
+--update regenerates every table between a `<!-- results: FILTERS -->` line and the next
+`<!-- /results -->` line of the named markdown files; FILTERS are this command's options without the
+dashes (`suite=model device=cpu format=pairs columns=cpp`).
+"""
 from __future__ import annotations
 
-import json
+import argparse
+import fnmatch
+import functools
 import os
-import tempfile
+import re
+import shlex
+import subprocess
+import sys
 from collections import defaultdict
 
-CASE_KEYS = ("suite", "variant", "kernel", "level", "op", "mode", "checkpointing")
+from benchmarks import store
+
+# Paper Table 3: seconds per training epoch (250 iterations, batch 2, 128^3), kernel 3 and 5.
+PAPER_EPOCH_S = {("S", 3): 117, ("S", 5): 364, ("B", 3): 120, ("B", 5): 381,
+                 ("M", 3): 213, ("M", 5): 668, ("L", 3): 267, ("L", 5): 735}
+FILTER_KEYS = ("device", "device_name", "isa", "threads", "commit", "run", "note", "column") + store.CASE_KEYS
+MIN_MEMORY_BYTES = 64 * 2 ** 20
+SERIES_KEYS = ("device", "device_name", "isa", "threads", "note")  # a setting whose latest run is shown
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLUMN_ORDER = ("eager", "eager_cl3d", "compile", "monai", "triton", "triton_cl", "triton_dw", "triton_mlp", "cpp",
+                "cpp_out", "cpp_ncdhw", "cpp_gemm", "cpp_bf16", "loader")
 
 
 def case_of(row: dict) -> tuple:
-    return tuple(row.get(k) for k in CASE_KEYS)
+    return tuple(row.get(k) for k in store.CASE_KEYS)
 
 
-def add_ratios(rows: list) -> None:
-    """speedup = eager median / this median, memory_ratio = this peak / eager peak, within one case."""
-    baseline = {case_of(r): r for r in rows if r["column"] == "eager" and r.get("median_s")}
+def measured(row: dict) -> bool:
+    return row.get("median_ms") is not None
+
+
+def ratios(rows: list, baseline: str = "eager") -> dict:
+    """id(row) -> (speed-up, memory ratio) against the baseline column of the same run and case."""
+    base = {(r.get("run"), case_of(r)): r for r in rows if r.get("column") == baseline and measured(r)}
+    out = {}
     for row in rows:
-        base = baseline.get(case_of(row))
-        if base is None or not row.get("median_s"):
+        ref = base.get((row.get("run"), case_of(row)))
+        if ref is None or not measured(row) or not row["median_ms"]:
             continue
-        row["speedup_vs_eager"] = base["median_s"] / row["median_s"]
-        if base.get("peak_extra_bytes") and row.get("peak_extra_bytes") is not None:
-            row["memory_vs_eager"] = row["peak_extra_bytes"] / base["peak_extra_bytes"]
+        memory = None
+        if ref.get("peak_extra_bytes") and row.get("peak_extra_bytes") is not None:
+            memory = row["peak_extra_bytes"] / ref["peak_extra_bytes"]
+        out[id(row)] = (ref["median_ms"] / row["median_ms"], memory)
+    return out
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone to read
-    os.replace(tmp, path)
+def _matches(value, patterns: list) -> bool:
+    text = "" if value is None else str(value)
+    return any(fnmatch.fnmatchcase(text, p) for p in patterns)
 
 
-def write_json(path: str, info: dict, args: dict, rows: list) -> None:
-    write_text_atomic(path, json.dumps(dict(environment=info, arguments=args, results=rows), indent=1, default=str))
+def select(rows: list, filters: dict) -> list:
+    """Rows whose every filtered field matches one of its comma-separated glob patterns."""
+    checks = [(k, [p.strip() for p in str(v).split(",")]) for k, v in filters.items() if v not in (None, "")]
+    return [r for r in rows if all(_matches(r.get(k), pats) for k, pats in checks)]
 
 
-def _fmt_case(case: tuple) -> str:
-    return " ".join(f"{k}={v}" for k, v in zip(CASE_KEYS[1:], case[1:]) if v is not None)
-
-
-def markdown(info: dict, rows: list, columns: list) -> str:
-    lines = [f"# Benchmark on {info['name']}", "",
-             f"torch {info['torch']}, triton {info.get('triton')}, cuda {info.get('cuda')}, "
-             f"threads {info['threads']}. Cells: median ms (speed-up vs eager; peak extra MiB). "
-             "Ratios come from the same run.", ""]
-    by_suite = defaultdict(lambda: defaultdict(dict))
+def latest(rows: list, baseline: str = "eager", columns: list | None = None) -> list:
+    """For each setting and case, the rows of the newest run that measured a displayed column other than
+    the baseline (or, with none such, any column)."""
+    runs = defaultdict(dict)  # (setting, case) -> run -> (date, has a compared column)
     for row in rows:
-        by_suite[row["suite"]][case_of(row)][row["column"]] = row
-    for suite, cases in by_suite.items():
-        used = [c for c in columns if any(c in cells for cells in cases.values())]
-        extra = ["roofline %"] if suite == "ops" else ["est. epoch s (paper)"] if suite == "train" else []
-        lines += [f"## {suite}", "", "| case | " + " | ".join(used + extra) + " |",
-                  "|---" * (len(used) + len(extra) + 1) + "|"]
-        for case, cells in cases.items():
-            out = [_fmt_case(case)]
-            for column in used:
-                out.append(_cell(cells.get(column)))
-            if suite == "ops":
-                out.append(", ".join(f"{c} {r['roofline_pct']:.0f}" for c, r in cells.items()
-                                     if r.get("roofline_pct") is not None))
-            if suite == "train":
-                out.append(_epoch_cell(cells))
-            lines.append("| " + " | ".join(out) + " |")
-        lines.append("")
-    return "\n".join(lines)
+        if not measured(row):
+            continue
+        key = (tuple(row.get(k) for k in SERIES_KEYS), case_of(row))
+        compared = row["column"] != baseline and (columns is None or row["column"] in columns)
+        date, had = runs[key].get(row["run"], (row.get("date") or "", False))
+        runs[key][row["run"]] = (date, had or compared)
+    commit_of = {r.get("run"): r.get("commit") for r in rows}
+    chosen = {}
+    for key, candidates in runs.items():
+        best = max((had, date) for date, had in candidates.values())
+        tied = [run for run, (date, had) in candidates.items() if (had, date) == best]
+        # Runs with the same date (imported ones carry the time of the commit that added them): the one
+        # that measured the later commit.
+        chosen[key] = max(tied, key=lambda run: (_ancestors(commit_of[run]), run)) if len(tied) > 1 else tied[0]
+    return [r for r in rows
+            if chosen.get((tuple(r.get(k) for k in SERIES_KEYS), case_of(r))) == r.get("run")]
+
+
+@functools.lru_cache(maxsize=None)
+def _ancestors(commit: str | None) -> int:
+    """How many commits lead to ``commit`` in this repository's history (0 when unknown)."""
+    if not commit:
+        return 0
+    try:
+        done = subprocess.run(["git", "rev-list", "--count", commit.removesuffix("-dirty")], cwd=REPO,
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return int(done.stdout) if done.returncode == 0 and done.stdout.strip().isdigit() else 0
+
+
+def ordered_columns(rows: list, wanted: list | None = None) -> list:
+    present = {r["column"] for r in rows}
+    if wanted:
+        return [c for c in wanted if c in present]
+    return sorted(present, key=lambda c: (COLUMN_ORDER.index(c) if c in COLUMN_ORDER else len(COLUMN_ORDER), c))
+
+
+def fmt_time(ms: float) -> str:
+    if ms >= 1000:
+        return f"{ms / 1e3:.2f} s"
+    return f"{ms:.1f} ms" if ms >= 10 else f"{ms:.2f} ms"
+
+
+def fmt_bytes(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
+
+
+CASE_LABELS = {"kernel": "k{}", "size": "{}^3", "batch": "batch {}", "channels": "C={}", "ratio": "R={}",
+               "level": "level {}", "checkpointing": "ckpt {}"}
+
+
+CASE_DISPLAY = ("op", "variant", "mode", "kernel", "channels", "ratio", "level", "size", "batch", "dtype",
+                "checkpointing")
+
+
+def fmt_case(case: tuple, skip=("suite",)) -> str:
+    values = dict(zip(store.CASE_KEYS, case))
+    return " ".join(CASE_LABELS.get(key, "{}").format(values[key]) for key in CASE_DISPLAY
+                    if values.get(key) is not None and key not in skip)
+
+
+def _sources(rows: list) -> tuple:
+    """Numbered sources (run settings and command) of the rows, and run -> number."""
+    runs = {}
+    for row in sorted(rows, key=lambda r: (r.get("date") or "", r.get("run") or "")):
+        runs.setdefault(row["run"], row)
+    numbers = {run: i + 1 for i, run in enumerate(runs)}
+    lines = []
+    for run, row in runs.items():
+        versions = f"torch {row.get('torch')}" + (f", Triton {row['triton']}" if row.get("triton") and
+                                                   row.get("device") == "cuda" else "")
+        versions += f", CUDA {row['cuda']}" if row.get("cuda") else ""
+        where = f"{row.get('device_name')} ({row.get('isa')}, {row.get('threads')} threads)"
+        note = f"; {row['note']}" if row.get("note") else ""
+        lines.append(f"[{numbers[run]}] {where}, commit {row.get('commit') or '?'}, {(row.get('date') or '')[:10]}, "
+                     f"{versions}{note}: `{row.get('command')}`")
+    return lines, numbers
+
+
+def _cell(row: dict | None, ratio) -> str:
+    if row is None:
+        return ""
+    if not measured(row):
+        why = row.get("skipped") or ""
+        return why[:70] if why.startswith("skip:") else f"failed: {why[:60]}"
+    notes = []
+    if ratio is not None and row["column"] != "eager":
+        notes.append(f"{ratio[0]:.2f}x")
+    if row.get("peak_extra_bytes") is not None:
+        notes.append(fmt_bytes(row["peak_extra_bytes"]))
+    if row.get("pct_of_peak") is not None:
+        notes.append(f"{row['pct_of_peak']:.0f} % of peak")
+    return fmt_time(row["median_ms"]) + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _epoch_cell(cells: dict) -> str:
-    estimates = [f"{c} {r['epoch_estimate_s']:.0f}" for c, r in cells.items() if r.get("epoch_estimate_s")]
-    paper = next((r["paper_epoch_s"] for r in cells.values() if r.get("paper_epoch_s")), None)
+    estimates = [f"{c} {r['median_ms'] / 1e3 * 250 * 2 / (r.get('batch') or 2):.0f}" for c, r in cells.items()
+                 if measured(r)]
+    any_row = next(iter(cells.values()))
+    paper = PAPER_EPOCH_S.get((any_row.get("variant"), any_row.get("kernel")))
     return ", ".join(estimates) + (f" (paper {paper})" if paper else "")
 
 
-def _cell(row) -> str:
-    if row is None:
-        return ""
-    if row.get("skipped"):
-        return f"skip: {row['skipped']}"
-    notes = []
-    if row["column"] != "eager" and row.get("speedup_vs_eager"):
-        notes.append(f"{row['speedup_vs_eager']:.2f}x")
-    if row.get("peak_extra_bytes") is not None:
-        notes.append(f"{row['peak_extra_bytes'] / 2 ** 20:.0f} MiB")
-    return f"{row['median_s'] * 1e3:.1f}" + (f" ({'; '.join(notes)})" if notes else "")
+def grid(rows: list, columns: list | None = None, baseline: str = "eager") -> str:
+    """One table per suite: a line per case (and run), a cell per column."""
+    rat = ratios(rows, baseline)
+    lines = []
+    source_lines, numbers = _sources(rows)
+    by_suite = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        by_suite[row["suite"]][(case_of(row), row["run"])][row["column"]] = row
+    for suite, cases in by_suite.items():
+        used = ordered_columns([r for cells in cases.values() for r in cells.values()], columns)
+        extra = ["est. epoch s (paper)"] if suite == "train" else []
+        src = ["src"] if len(numbers) > 1 else []
+        lines += [f"{suite}:", "", "| case | " + " | ".join(used + extra + src) + " |",
+                  "|---" * (len(used) + len(extra) + len(src) + 1) + "|"]
+        for (case, run), cells in sorted(cases.items(), key=lambda item: (_sort_key(item[0][0]), item[0][1])):
+            out = [fmt_case(case)] + [_cell(cells.get(c), rat.get(id(cells.get(c)))) for c in used]
+            if suite == "train":
+                out.append(_epoch_cell(cells))
+            if src:
+                out.append(f"[{numbers[run]}]")
+            lines.append("| " + " | ".join(out) + " |")
+        lines.append("")
+    return "\n".join(lines + source_lines)
 
 
-def plot(path: str, rows: list, columns: list) -> list:
-    """One PNG per suite with kernel sizes: time and peak memory against kernel size, a line per column."""
+def pairs(rows: list, columns: list | None = None, baseline: str = "eager", show_memory: bool = True) -> str:
+    """One line per case and compared column: baseline time, its time, speed-up and memory ratio (left
+    blank where the baseline's peak is under MIN_MEMORY_BYTES: memory reused within the cell, no ratio)."""
+    rat = ratios(rows, baseline)
+    source_lines, numbers = _sources(rows)
+    base = {(r["run"], case_of(r)): r for r in rows if r["column"] == baseline and measured(r)}
+    lines = ["| device | case | column | " + f"{baseline} | time | speed-up vs {baseline} | "
+             f"peak memory vs {baseline} | src |", "|---" * 8 + "|"]
+    compared = [r for r in rows if r["column"] != baseline and measured(r) and id(r) in rat
+                and (not columns or r["column"] in columns)]
+    order = {c: i for i, c in enumerate(columns or COLUMN_ORDER)}
+    compared.sort(key=lambda r: (r["device"], r["device_name"], r.get("note") or "", r["suite"],
+                                 _sort_key(case_of(r)), order.get(r["column"], 99)))
+    for row in compared:
+        speed, memory = rat[id(row)]
+        ref = base[(row["run"], case_of(row))]
+        mem = ""
+        if show_memory and memory is not None and ref["peak_extra_bytes"] >= MIN_MEMORY_BYTES:
+            mem = f"{memory:.2f} ({fmt_bytes(ref['peak_extra_bytes'])} -> {fmt_bytes(row['peak_extra_bytes'])})"
+        lines.append(f"| {row['device_name']} ({row['isa']}) | {row['suite']} {fmt_case(case_of(row))} | "
+                     f"{row['column']} | {fmt_time(ref['median_ms'])} | {fmt_time(row['median_ms'])} | "
+                     f"{speed:.2f}x | {mem} | [{numbers[row['run']]}] |")
+    return "\n".join(lines + [""] + source_lines)
+
+
+def _sort_key(case: tuple) -> tuple:
+    return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in case)
+
+
+def table(rows: list, options: dict) -> str:
+    """The table for a set of filter options (the CLI's and the README markers')."""
+    options = dict(options)
+    fmt = options.pop("format", None) or "grid"
+    baseline = options.pop("baseline", None) or "eager"
+    columns = options.pop("columns", None)
+    columns = [c.strip() for c in columns.split(",")] if columns else None
+    all_runs = options.pop("all_runs", False)
+    show_memory = str(options.pop("memory", "yes")).lower() not in ("no", "off", "false", "0")
+    unknown = set(options) - set(FILTER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown filters {sorted(unknown)}; choose from {', '.join(FILTER_KEYS)}")
+    chosen = select(rows, options)
+    if columns:
+        chosen = [r for r in chosen if r["column"] in columns or r["column"] == baseline]
+    if not all_runs:
+        chosen = latest(chosen, baseline, columns)
+    if not chosen:
+        return "(no rows match)"
+    if fmt == "pairs":
+        return pairs(chosen, columns, baseline, show_memory)
+    return grid(chosen, columns, baseline)
+
+
+MARKER = re.compile(r"^<!-- results:(?P<spec>.*?)-->\n.*?^<!-- /results -->$", re.M | re.S)
+
+
+def parse_spec(spec: str) -> dict:
+    options = {}
+    for item in shlex.split(spec):
+        if item == "all_runs":
+            options["all_runs"] = True
+            continue
+        key, _, value = item.partition("=")
+        options[key.replace("-", "_")] = value
+    return options
+
+
+def update_text(text: str, rows: list) -> str:
+    def fill(match):
+        spec = match.group("spec").strip()
+        return f"<!-- results: {spec} -->\n{table(rows, parse_spec(spec))}\n<!-- /results -->"
+    return MARKER.sub(fill, text)
+
+
+def update_files(paths: list, rows: list) -> list:
+    """Regenerate the marked tables of each file; returns the files that changed."""
+    from mednext_fast.atomic import write_text
+
+    changed = []
+    for path in paths:
+        with open(path) as handle:
+            text = handle.read()
+        new = update_text(text, rows)
+        if new != text:
+            write_text(path, new)
+            changed.append(path)
+    return changed
+
+
+def _without_kernel(row: dict) -> tuple:
+    return tuple(None if k == "kernel" else row.get(k) for k in store.CASE_KEYS)
+
+
+def plot(path: str, rows: list, columns: list | None = None) -> list:
+    """One PNG per suite with kernel sizes: time and peak memory against kernel size, a line per column
+    (and run, where the rows come from several)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    os.makedirs(path, exist_ok=True)
     written = []
-    for suite in ("model", "train", "blocks"):
-        suite_rows = [r for r in rows if r["suite"] == suite and r.get("median_s")]
+    several_runs = len({r["run"] for r in rows}) > 1
+    for suite in sorted({r["suite"] for r in rows}):
+        suite_rows = [r for r in rows if r["suite"] == suite and measured(r) and r.get("kernel")]
         if not suite_rows:
             continue
-        groups = sorted({(r["variant"], r.get("mode"), r.get("checkpointing"), r.get("level")) for r in suite_rows},
-                        key=str)
+        groups = sorted({_without_kernel(r) for r in suite_rows}, key=_sort_key)
         fig, axes = plt.subplots(2, len(groups), figsize=(3.2 * len(groups) + 1, 6), squeeze=False)
         for g, group in enumerate(groups):
-            selected = [r for r in suite_rows
-                        if (r["variant"], r.get("mode"), r.get("checkpointing"), r.get("level")) == group]
-            for column in columns:
-                pts = sorted((r["kernel"], r["median_s"], r.get("peak_extra_bytes")) for r in selected
-                             if r["column"] == column)
-                if not pts:
+            selected = [r for r in suite_rows if _without_kernel(r) == group]
+            lines = sorted({(r["column"], r["run"]) for r in selected})
+            for column, run in lines:
+                if columns and column not in columns:
                     continue
-                axes[0][g].plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", label=column)
+                pts = sorted((r["kernel"], r["median_ms"], r.get("peak_extra_bytes")) for r in selected
+                             if r["column"] == column and r["run"] == run)
+                label = f"{column} ({run[:15]})" if several_runs else column
+                axes[0][g].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
                 mem = [(p[0], p[2] / 2 ** 20) for p in pts if p[2] is not None]
                 if mem:
-                    axes[1][g].plot([m[0] for m in mem], [m[1] for m in mem], marker="o", label=column)
-            variant, mode, ckpt, level = group
-            title = f"{variant} {mode}" + (f" level {level}" if level is not None else "") + \
-                (f" ckpt {'on' if ckpt else 'off'}" if ckpt is not None else "")
-            axes[0][g].set_title(title, fontsize=9)
+                    axes[1][g].plot([m[0] for m in mem], [m[1] for m in mem], marker="o", label=label)
+            axes[0][g].set_title(fmt_case(group), fontsize=8)
             axes[0][g].set_ylabel("median ms")
             axes[1][g].set_ylabel("peak extra MiB")
             axes[1][g].set_xlabel("kernel size")
             kernels = sorted({r["kernel"] for r in selected})
             axes[0][g].set_xticks(kernels)
             axes[1][g].set_xticks(kernels)
-        axes[0][0].legend(fontsize=8)
+        axes[0][0].legend(fontsize=7)
         fig.suptitle(f"{suite}: time and memory vs kernel size")
         fig.tight_layout()
         out = os.path.join(path, f"{suite}.png")
@@ -131,3 +349,40 @@ def plot(path: str, rows: list, columns: list) -> list:
         plt.close(fig)
         written.append(out)
     return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--csv", default=store.DEFAULT_CSV, help="the results CSV (default: %(default)s)")
+    for key in FILTER_KEYS:
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--columns", default=None, help="columns to show, in order (default: all)")
+    parser.add_argument("--baseline", default="eager", help="the column every ratio is against (default: eager)")
+    parser.add_argument("--format", choices=("grid", "pairs"), default="grid")
+    parser.add_argument("--all-runs", action="store_true", help="every matching run, not only the latest per case")
+    parser.add_argument("--memory", default="yes", help="pairs format: 'no' leaves out the memory column's ratios")
+    parser.add_argument("--plots", default=None, help="also write PNG plots to this folder")
+    parser.add_argument("--update", nargs="+", default=None, metavar="FILE",
+                        help="regenerate the marked tables in these markdown files")
+    parser.epilog = "filters: " + ", ".join(f"--{k.replace('_', '-')}" for k in FILTER_KEYS)
+    args = parser.parse_args(argv)
+    rows = store.read(args.csv)
+    if args.update:
+        changed = update_files(args.update, rows)
+        print("updated: " + (", ".join(changed) if changed else "nothing (tables already current)"))
+        return 0
+    options = {k: getattr(args, k) for k in FILTER_KEYS if getattr(args, k) is not None}
+    options.update(format=args.format, baseline=args.baseline, columns=args.columns, all_runs=args.all_runs,
+                   memory=args.memory)
+    print(table(rows, options))
+    if args.plots:
+        chosen = select(rows, {k: v for k, v in options.items() if k in FILTER_KEYS})
+        chosen = chosen if args.all_runs else latest(chosen, args.baseline)
+        for out in plot(args.plots, chosen, options["columns"].split(",") if options["columns"] else None):
+            print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

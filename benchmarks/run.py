@@ -4,22 +4,21 @@ torch.compile and MONAI, forward and train step, time and peak memory, on CPU or
     python -m benchmarks.run --device cpu --suite model --variants S --kernels 3,5 --size 64
     python -m benchmarks.run --device cuda --suite train,blocks,ops --dtype bf16 --budget-s 300
 
-Writes results.json, results.md and PNG plots to --out (default benchmarks/results/<device>-<date>/).
-Every ratio is measured against the 'eager' column of the same case in the same run.
+Appends one row per measured cell to the results CSV (--csv, default benchmarks/results/results.csv) after
+every case, so a killed run keeps what it measured; prints the run's table at the end; --out also writes
+results.md and PNG plots there. Every ratio is against the 'eager' column of the same case in the same run.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
-import re
 import sys
 import time
 
 import torch
 
-from benchmarks import cases, device_info, measure, report
+from benchmarks import cases, device_info, measure, report, store
 from mednext_fast.configs import VARIANTS, variant_config
 
 SUITES = ("ops", "blocks", "model", "train")
@@ -36,16 +35,22 @@ def parse_args(argv=None):
                         help=f"implementations to compare, first must be eager (default: {','.join(cases.COLUMNS)})")
     parser.add_argument("--dtype", choices=tuple(cases.DTYPES), default=None,
                         help="autocast dtype (default: bf16 on cuda, fp32 on cpu)")
-    parser.add_argument("--size", type=int, default=None, help="input edge, divisible by 16 (default: 128 cuda, 64 cpu)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="input edge, divisible by 16 (default: 128 cuda, 64 cpu)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: 2 cuda, 1 cpu)")
     parser.add_argument("--levels", default="0,1,2,3,4", help="network levels for the blocks/ops suites (default: all)")
     parser.add_argument("--checkpointing", default="off,on", help="train suite: off, on or both (default: off,on)")
-    parser.add_argument("--min-time", type=float, default=None, help="seconds of repeated runs per cell (default: 1 cuda, 2 cpu)")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="seconds of repeated runs per cell (default: 1 cuda, 2 cpu)")
     parser.add_argument("--min-runs", type=int, default=None,
-                        help="timed runs per cell at least (default: 3 cuda, where runs agree to <1 %%; 5 cpu)")
-    parser.add_argument("--budget-s", type=float, default=None, help="stop measuring after this many seconds; the rest is marked skipped")
+                        help="timed runs per cell at least (default: 3 cuda, 5 cpu)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="stop measuring after this many seconds; the cells left are not run")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument("--csv", default=store.DEFAULT_CSV, help="results CSV to append to (default: %(default)s)")
+    parser.add_argument("--note", default=None,
+                        help="free text for every row's note (the allocator and huge-page settings are added)")
+    parser.add_argument("--out", default=None, help="also write results.md and PNG plots to this folder")
     args = parser.parse_args(argv)
     args.suite = _split(args.suite, SUITES, parser, "suite")
     args.variants = [v.upper() for v in _split(args.variants.upper(), tuple(VARIANTS), parser, "variant")]
@@ -135,7 +140,7 @@ def measure_case(suite, case, extra, case_rows, args) -> None:
         try:
             fns[column] = build(suite, case, extra, column, args)
         except cases.Skip as why:
-            row["skipped"] = str(why)
+            row["skipped"] = f"skip: {why}"
         except Exception as err:  # e.g. out of memory or a kernel that fails to compile: keep going
             row["skipped"] = _why(err)
     timed = measure.measure_interleaved(fns, args.device, args.min_time, min_runs=args.min_runs)
@@ -143,49 +148,51 @@ def measure_case(suite, case, extra, case_rows, args) -> None:
         if isinstance(result, Exception):
             case_rows[column]["skipped"] = _why(result)
         else:
-            case_rows[column].update(result)
+            case_rows[column].update(median_ms=result["median_s"] * 1e3, iqr_ms=result["iqr_s"] * 1e3,
+                                     runs=result["runs"], first_call_s=result["first_call_s"],
+                                     peak_extra_bytes=result["peak_extra_bytes"], peak_bytes=result["peak_bytes"])
 
 
 def annotate(row, suite, case, extra, args, info):
-    """Derived columns: roofline share for ops, epoch-time estimate for train steps."""
-    if suite == "ops" and row.get("median_s"):
+    """Derived columns of the ops suite: achieved rates and the share of the roofline bound."""
+    if suite == "ops" and row.get("median_ms"):
         elt = 2 if args.dtype != "fp32" and args.device == "cuda" else 4
         flops, nbytes = cases.op_cost(case["op"], extra["channels"], extra["ratio"], case["kernel"] or 3,
                                       args.batch, extra["size"], elt)
         peaks = info["peaks"]
         tensor_core = case["op"] == "norm_mlp" and elt == 2 and peaks.get("bf16_gflops")
         flop_peak = peaks["bf16_gflops"] if tensor_core else peaks["fp32_gflops"]
-        row.update(gflops=flops / row["median_s"] / 1e9, gbps=nbytes / row["median_s"] / 1e9,
-                   roofline_pct=100 * max(nbytes / 1e9 / peaks["gbps"], flops / 1e9 / flop_peak) / row["median_s"])
-    if suite == "train" and row.get("median_s"):
-        # 250 iterations of batch 2 per epoch, as in the paper's Table 3.
-        row["epoch_estimate_s"] = row["median_s"] * 250 * 2 / args.batch
-        row["paper_epoch_s"] = cases.PAPER_EPOCH_S.get((case["variant"], case["kernel"]))
+        seconds = row["median_ms"] / 1e3
+        row.update(gflops=flops / seconds / 1e9, gbps=nbytes / seconds / 1e9,
+                   pct_of_peak=100 * max(nbytes / 1e9 / peaks["gbps"], flops / 1e9 / flop_peak) / seconds,
+                   extra=dict(peak="roofline", peak_source=peaks["source"], peak_gbps=round(peaks["gbps"], 1),
+                              peak_gflops=round(flop_peak, 1)))
 
 
-def write_results(out, info, args, rows) -> str:
-    report.add_ratios(rows)
-    report.write_json(os.path.join(out, "results.json"), info, vars(args), rows)
-    table = report.markdown(info, rows, args.columns)
-    report.write_text_atomic(os.path.join(out, "results.md"), table + "\n")
-    return table
+def case_row(env, suite, case, extra, column, args) -> dict:
+    """The CSV fields of one cell before it is measured."""
+    ckpt = case.get("checkpointing")
+    return dict(env, suite=suite, column=column, dtype=args.dtype, batch=args.batch,
+                size=extra.get("size", args.size), variant=case.get("variant"), kernel=case.get("kernel"),
+                level=case.get("level"), op=case.get("op"), mode=case.get("mode"),
+                checkpointing=None if ckpt is None else ("on" if ckpt else "off"),
+                channels=extra.get("channels"), ratio=extra.get("ratio") if case.get("op") != "dwconv_stats" else None)
 
 
-def default_out(info) -> str:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", info["name"]).strip("-")[:40]
-    return os.path.join("benchmarks", "results", f"{info['device']}-{slug}-{datetime.date.today():%Y%m%d}")
+def kept(row) -> bool:
+    """Rows written to the CSV: measured cells and cells that failed (not skipped or cut by the budget)."""
+    return row.get("median_ms") is not None or str(row.get("skipped", "")).startswith("error")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = device_info.describe(args.device)
-    out = args.out or default_out(info)
-    os.makedirs(out, exist_ok=True)
+    info = device_info.describe(args.device, with_peaks="ops" in args.suite)
+    env = device_info.row_environment(args.device, device_info.command_line("benchmarks.run", argv), info, args.note)
     groups = [(s, c, e, [col for col in args.columns if col in cases.SUITE_COLUMNS[s]]) for s, c, e in grid(args)]
     print(f"{sum(len(g[3]) for g in groups)} cells in {len(groups)} cases on {info['name']} ({args.device}, "
-          f"{args.dtype}); results -> {out}", flush=True)
+          f"{env['isa']}, {args.dtype}); run {env['run']}, rows -> {args.csv}", flush=True)
     try:
         from tqdm import tqdm
         progress = tqdm(groups, file=sys.stdout, mininterval=2, unit="case")
@@ -193,26 +200,30 @@ def main(argv=None) -> int:
         progress = groups
     rows, start = [], time.perf_counter()
     for suite, case, extra, columns in progress:
-        case_rows = {column: dict(suite=suite, column=column, dtype=args.dtype, batch=args.batch, **case,
-                                  **{k: v for k, v in extra.items() if k != "size"}, size=extra.get("size", args.size))
-                     for column in columns}
+        case_rows = {column: case_row(env, suite, case, extra, column, args) for column in columns}
         if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
             for row in case_rows.values():
-                row["skipped"] = "time budget"
+                row["skipped"] = "skip: time budget"
         else:
             measure_case(suite, case, extra, case_rows, args)
             for row in case_rows.values():
-                if row.get("median_s"):
+                if row.get("median_ms"):
                     annotate(row, suite, case, extra, args, info)
         rows.extend(case_rows.values())
+        store.append([r for r in case_rows.values() if kept(r)], args.csv)  # a killed run keeps what it measured
         gc.collect()
         if args.device == "cuda":
             torch.cuda.empty_cache()
-        write_results(out, info, args, rows)  # after every case: a killed run keeps what it measured
-    table = write_results(out, info, args, rows)
-    plots = report.plot(out, rows, args.columns)
+    table = report.grid(rows, args.columns)
     print(table)
-    print(f"wrote {out}/results.json, results.md" + "".join(f", {os.path.basename(p)}" for p in plots))
+    if args.out:
+        from mednext_fast.atomic import write_text
+
+        os.makedirs(args.out, exist_ok=True)
+        write_text(os.path.join(args.out, "results.md"), table + "\n")
+        plots = report.plot(args.out, [r for r in rows if r.get("median_ms") is not None], args.columns)
+        print(f"wrote {args.out}/results.md" + "".join(f", {os.path.basename(p)}" for p in plots))
+    print(f"{sum(kept(r) for r in rows)} rows appended to {args.csv} (run {env['run']})")
     return 0
 
 
