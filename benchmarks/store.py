@@ -10,8 +10,9 @@ merges the rows of another CSV (e.g. the one a GPU suite brought back) into this
 already there.
 
 Fields (empty where they do not apply):
-  date          UTC time of the run's start, ISO 8601 (imported rows: the date only)
-  run           id of the run; the ratios of a case are taken within one run
+  date          UTC time of the run's start, ISO 8601 (rows imported from the old results folders: the time
+                of the commit that added them; extra.source names that commit and file)
+  run           id of the run (imported rows: the old folder); the ratios of a case are taken within one run
   device        cpu | cuda
   device_name   CPU model (/proc/cpuinfo) or GPU name
   isa           CPU: the ISA build the C++ extension picked (avx512 / avx2 / default; 'none' if not built);
