@@ -10,10 +10,13 @@ A MedNeXt block is two ops:
 Every backend (``kernels/`` Triton, ``mednext_fast/backends/cpp.py`` C++) exposes functions with these
 signatures, validates its arguments with ``check_dwconv_stats`` / ``check_norm_mlp`` (adding only what
 is its own: devices, dtypes, autograd) and is tested against the references below. A backend may leave
-out the keyword-only options (``planes``, ``out``, ``stats_only``); it then raises ``NotImplementedError``
-naming the option. Tensors are NC[D]HW in the logical sense; a backend may use any memory layout inside.
+out the keyword-only options (``planes``, ``out``, ``stats_only``, ``count``); it then raises
+``NotImplementedError`` naming the option. Options of one backend alone (cpp's ``bf16_gemms``) are
+documented with it. Tensors are NC[D]HW in the logical sense; a backend may use any memory layout inside.
 """
 from __future__ import annotations
+
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +36,7 @@ def check_dwconv_stats(x, weight, bias, stride: int = 1, transposed: bool = Fals
                        stats_only: bool = False, name: str = "dwconv_stats") -> None:
     """Raise ValueError/TypeError naming the argument unless the call follows the contract below."""
     for what, t in (("x", x), ("weight", weight), ("bias", bias), ("out", out)):
-        if t is not None and not isinstance(t, torch.Tensor):
+        if (t is not None or what in ("x", "weight")) and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
     if x.dim() not in (4, 5):
         raise ValueError(f"{name}: x must be (N, C, D, H, W) or (N, C, H, W), got shape {tuple(x.shape)}")
@@ -109,7 +112,7 @@ def check_norm_mlp(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_com
     for what, t in tensors.items():
         if t is None and what in ("gamma", "beta"):
             raise ValueError(f"{name}: {what} is required (GroupNorm with affine=False: pass ones / zeros)")
-        if t is not None and not isinstance(t, torch.Tensor):
+        if (t is not None or what not in ("residual", "out")) and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: {what} must be a torch.Tensor, got {type(t).__name__}")
     if y.dim() < 3:
         raise ValueError(f"{name}: y must be (N, C, *spatial), got shape {tuple(y.shape)}")
@@ -138,9 +141,14 @@ def check_norm_mlp(y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, b_com
         raise ValueError(f"{name}: residual must be {want}, got {tuple(residual.shape)}")
     if out is not None and tuple(out.shape) != want:
         raise ValueError(f"{name}: out must be {want}, got {tuple(out.shape)}")
-    if count is not None and (not isinstance(count, int) or count < y[0, 0].numel()):
-        raise ValueError(f"{name}: count must be an int >= y's voxels per channel ({y[0, 0].numel()}): the "
-                         f"voxels that s1 and s2 sum over, got {count!r}")
+    if count is not None:
+        try:
+            too_few = operator.index(count) < y[0, 0].numel()
+        except TypeError:
+            too_few = True
+        if too_few:
+            raise ValueError(f"{name}: count must be an int >= y's voxels per channel ({y[0, 0].numel()}): the "
+                             f"voxels that s1 and s2 sum over, got {count!r}")
 
 
 def norm_mlp(y: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,

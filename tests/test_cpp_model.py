@@ -123,3 +123,41 @@ def test_stage_blocks_reuse_the_previous_input_for_their_depthwise_output():
         cpp.dwconv_stats = original
     assert sum(reused) == 9  # S: 9 stages of 2 blocks, the second of each reuses
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_frozen_model_in_grad_mode_still_runs_the_fused_ops():
+    """Nothing requires grad (the unused official dummy_tensor aside): the forward records no graph, so the
+    inference-only kernels run even though grad mode is on."""
+    model = mf.create_mednext("S", 1, 2, backend="cpp").eval()
+    for p in model.parameters():
+        p.requires_grad_(p is model.dummy_tensor)
+    calls = []
+    original = cpp.norm_mlp
+    cpp.norm_mlp = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        out = model(torch.randn(1, 1, 32, 32, 32))
+    finally:
+        cpp.norm_mlp = original
+    assert calls and not out.requires_grad
+
+
+def test_explicit_cpp_trains_other_dtypes_on_the_torch_path():
+    """Training a float64 model with backend='cpp' runs the reference path (no dtype error from the
+    inference-only backend); inference in float64 names the fix."""
+    model = mf.create_mednext("S", 1, 2, backend="cpp").double()
+    x = torch.randn(1, 1, 32, 32, 32, dtype=torch.float64)
+    model(x).sum().backward()
+    with torch.no_grad(), pytest.raises(TypeError, match=r"float32 inputs, got torch.float64.*x.float\(\)"):
+        model(x)
+
+
+def test_accelerate_cpp_on_a_model_without_fusable_blocks_runs_pytorch():
+    """A 2-D MedNeXt has no block the fused ops can run: accelerate warns, and inference stays on PyTorch."""
+    ref = mf.MedNeXt(1, 4, 2, exp_r=2, kernel_size=3, dim="2d", block_counts=[1] * 9, backend="torch").eval()
+    model = mf.MedNeXt(1, 4, 2, exp_r=2, kernel_size=3, dim="2d", block_counts=[1] * 9, backend="torch").eval()
+    model.load_state_dict(ref.state_dict())
+    with pytest.warns(UserWarning, match="3-D only"):
+        mf.accelerate(model, "cpp")
+    x = torch.randn(2, 1, 32, 48)
+    with torch.inference_mode():
+        assert torch.equal(model(x), ref(x))

@@ -11,7 +11,9 @@
 A fused backend is a ``Backend``: its two ops (contract and reference in ``mednext_fast/ops.py``), what it
 can run, and optionally its own way of running a whole model (``run_model``); without one the model runs
 its plain module forward with the backend's ops in every block. Blocks the fused ops cannot run (2-D,
-GRN, layer norm) use the reference path under ``auto``; an explicit backend refuses them when it is set.
+GRN, layer norm) use the reference path; ``MedNeXt.set_backend`` refuses them for an explicit backend,
+``accelerate`` keeps them on PyTorch with a warning. When a forward needs gradients, an inference-only
+backend leaves the whole forward to the reference path.
 """
 from __future__ import annotations
 
@@ -53,8 +55,10 @@ class Backend:
     def check_dtype(self, x: torch.Tensor) -> None:
         if x.dtype not in self.dtypes:
             names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
-            raise TypeError(f"backend={self.name!r} runs {names} inputs, got {x.dtype}; convert the input "
-                            "(x.float()) or run under torch.autocast for mixed precision")
+            fix = "convert the input (x.float())"
+            if not torch.is_autocast_enabled(x.device.type):
+                fix += " or run under torch.autocast for mixed precision"
+            raise TypeError(f"backend={self.name!r} runs {names} inputs, got {x.dtype}; {fix}")
 
 
 # name -> module with load() -> Backend (raising BackendUnavailable). Tests may swap entries.
@@ -110,8 +114,13 @@ def _fusable_blocks(module: torch.nn.Module) -> list:
 
 
 def needs_grad(module: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Autograd would record this forward: grad mode is on and the input or a parameter requires grad."""
-    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+    """Autograd would record this forward: grad mode is on and the input or a parameter requires grad.
+
+    The official state_dict's ``dummy_tensor`` takes no part in the forward and does not count.
+    """
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for name, p in module.named_parameters() if name != "dummy_tensor")
 
 
 def select(module: torch.nn.Module, x: torch.Tensor) -> Optional[Backend]:
@@ -130,9 +139,9 @@ def select(module: torch.nn.Module, x: torch.Tensor) -> Optional[Backend]:
         return backend
     backend = load(name)
     backend.check_device(x)
+    if (backend.inference_only and needs_grad(module, x)) or not _fusable_blocks(module):
+        return None  # training runs the reference path; so does a model none of whose blocks it can run
     backend.check_dtype(x)
-    if backend.inference_only and needs_grad(module, x):
-        return None  # training runs the reference path
     return backend
 
 

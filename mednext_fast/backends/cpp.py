@@ -158,7 +158,10 @@ UP_CHUNK_BYTES = 8 * 2 ** 20  # an up block computes its depthwise output in chu
 
 
 def run_model(model, x: torch.Tensor):
-    """``model(x)`` for a MedNeXt in inference, with the buffer reuse described in the module docstring."""
+    """``model(x)`` for a MedNeXt in inference, with the buffer reuse described in the module docstring.
+
+    The output is fp32 also under CPU autocast (blocks the fused ops cannot run then run in fp32 too).
+    """
     if torch.is_autocast_enabled("cpu"):
         bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and native_bf16()
         with torch.autocast("cpu", enabled=False), gemms_in_bf16(bf16):
@@ -188,7 +191,8 @@ def _forward(model, x: torch.Tensor):
 
 def _stem(stem: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The 1x1x1 stem as a per-voxel linear map: its output is channels-last at once."""
-    if isinstance(stem, nn.Conv3d) and stem.kernel_size == (1, 1, 1) and stem.stride == (1, 1, 1):
+    if isinstance(stem, nn.Conv3d) and stem.kernel_size == (1, 1, 1) and stem.stride == (1, 1, 1) and \
+            stem.padding == (0, 0, 0) and stem.groups == 1:
         return F.linear(x.movedim(1, -1), stem.weight.flatten(1), stem.bias).movedim(-1, 1)
     return stem(x).contiguous(memory_format=torch.channels_last_3d)
 
