@@ -40,7 +40,7 @@ BENCHMARKS = [
 # ops and compile, which is last because its compile times are the least predictable.
 BLOCK_FUSED = ("block_fused", 0.12,
                ["--quick", "--columns", "triton,triton_cl,eager,eager_cl,triton_dw,triton_mlp"])
-TEST_SHARE = 0.27  # of the whole budget, for the CUDA tests (about 2 min with 8 workers on an H200)
+TEST_SHARE = 0.27  # of the whole budget, for the CUDA tests (spread over 8 pytest-xdist workers)
 TESTS = ["tests/kernels", "tests/test_backends.py", "tests/test_accelerate.py"]
 
 

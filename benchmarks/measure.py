@@ -4,8 +4,8 @@ The implementations ("columns") of one case are timed in alternation, one run of
 (A B C A B C ...), so a change in machine load during the case hits every column alike and the ratios
 between them stay put; timing the columns one after another let a busy spell land on one column only.
 On CPU a short column (< SETTLE_BELOW_S a run) first does one untimed run per round: the run after
-another column's is slower (measured: +10-40 % for the C++ backend after eager, whose allocations leave
-fresh memory to fault in), and users run one model, not two in turn.
+another column's is slower (the C++ backend after eager, whose allocations leave fresh memory to fault
+in; docs/performance.md), and users run one model, not two in turn.
 
 CPU: wall clock around each run; peak resident memory from the kernel's high-water mark (VmHWM), reset
 before each run through /proc/self/clear_refs. CUDA: CUDA events around each run, L2 flushed between
@@ -84,7 +84,7 @@ def measure_interleaved(fns: dict, device: str, min_time_s: float = 0.5, max_run
                         min_runs: int = 5) -> dict:
     """Time every fn in ``fns`` (name -> callable) in rounds of one run each, after one warm-up call each
     (which also compiles; reported as first_call_s). A column stops after min_time_s of runs and at least
-    min_runs runs (max_runs at most): a median of 3 moved ratios by up to 11 % between repeated CPU runs.
+    min_runs runs (max_runs at most; a median of few runs moved ratios between repeated CPU runs).
     Returns name -> stats (median_s, iqr_s, runs, first_call_s, peak_extra_bytes, peak_bytes), or
     name -> Exception for a column that raised; the others go on.
     """

@@ -15,9 +15,10 @@ CSV). Speed-up = baseline median / this median, memory = this peak / the baselin
 of the same run and case, never across runs. The train suite adds an epoch estimate (250 iterations of
 batch 2, as in the paper's Table 3) beside the paper's own seconds per epoch.
 
---update regenerates every table between a `<!-- results: FILTERS -->` line and the next
-`<!-- /results -->` line of the named markdown files; FILTERS are this command's options without the
-dashes (`suite=model device=cpu format=pairs columns=cpp`).
+--update regenerates every table between a `<!-- results: OPTIONS -->` line and the next
+`<!-- /results -->` line of the named markdown files; OPTIONS are this command's options without the
+dashes (`suite=model device=cpu format=pairs columns=cpp`), and `|` joins the rows of several filter sets
+(`device=cuda suite=train | device=cpu suite=model size=128`).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ PAPER_EPOCH_S = {("S", 3): 117, ("S", 5): 364, ("B", 3): 120, ("B", 5): 381,
                  ("M", 3): 213, ("M", 5): 668, ("L", 3): 267, ("L", 5): 735}
 FILTER_KEYS = ("device", "device_name", "isa", "threads", "commit", "run", "note", "column") + store.CASE_KEYS
 MIN_MEMORY_BYTES = 64 * 2 ** 20
+PART_COLUMNS = ("triton_dw", "triton_mlp")  # bench_block_gpu: one op of the block alone
 SERIES_KEYS = ("device", "device_name", "isa", "threads", "note")  # a setting whose latest run is shown
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMN_ORDER = ("eager", "eager_cl3d", "compile", "monai", "triton", "triton_cl", "triton_dw", "triton_mlp", "cpp",
@@ -53,12 +55,13 @@ def measured(row: dict) -> bool:
 
 
 def ratios(rows: list, baseline: str = "eager") -> dict:
-    """id(row) -> (speed-up, memory ratio) against the baseline column of the same run and case."""
+    """id(row) -> (speed-up, memory ratio) against the baseline column of the same run and case (none for
+    PART_COLUMNS, which time a part of the case)."""
     base = {(r.get("run"), case_of(r)): r for r in rows if r.get("column") == baseline and measured(r)}
     out = {}
     for row in rows:
         ref = base.get((row.get("run"), case_of(row)))
-        if ref is None or not measured(row) or not row["median_ms"]:
+        if ref is None or not measured(row) or not row["median_ms"] or row["column"] in PART_COLUMNS:
             continue
         memory = None
         if ref.get("peak_extra_bytes") and row.get("peak_extra_bytes") is not None:
@@ -99,6 +102,11 @@ def latest(rows: list, baseline: str = "eager", columns: list | None = None) -> 
         chosen[key] = max(tied, key=lambda run: (_ancestors(commit_of[run]), run)) if len(tied) > 1 else tied[0]
     return [r for r in rows
             if chosen.get((tuple(r.get(k) for k in SERIES_KEYS), case_of(r))) == r.get("run")]
+
+
+def run_order(row: dict) -> tuple:
+    """Chronological: the date, then (for runs of one date) the later commit, then the run id."""
+    return (row.get("date") or "", _ancestors(row.get("commit")), row.get("run") or "")
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,7 +156,7 @@ def fmt_case(case: tuple, skip=("suite",)) -> str:
 def _sources(rows: list) -> tuple:
     """Numbered sources (run settings and command) of the rows, and run -> number."""
     runs = {}
-    for row in sorted(rows, key=lambda r: (r.get("date") or "", r.get("run") or "")):
+    for row in sorted(rows, key=run_order):
         runs.setdefault(row["run"], row)
     numbers = {run: i + 1 for i, run in enumerate(runs)}
     lines = []
@@ -156,9 +164,10 @@ def _sources(rows: list) -> tuple:
         versions = f"torch {row.get('torch')}" + (f", Triton {row['triton']}" if row.get("triton") and
                                                    row.get("device") == "cuda" else "")
         versions += f", CUDA {row['cuda']}" if row.get("cuda") else ""
-        where = f"{row.get('device_name')} ({row.get('isa')}, {row.get('threads')} threads)"
+        threads = f", {row['threads']} threads" if row.get("threads") else ""
+        where = f"{row.get('device_name')} ({row.get('isa')}{threads})"
         note = f"; {row['note']}" if row.get("note") else ""
-        lines.append(f"[{numbers[run]}] {where}, commit {row.get('commit') or '?'}, {(row.get('date') or '')[:10]}, "
+        lines.append(f"- [{numbers[run]}] {where}, commit {row.get('commit') or '?'}, {(row.get('date') or '')[:10]}, "
                      f"{versions}{note}: `{row.get('command')}`")
     return lines, numbers
 
@@ -201,7 +210,7 @@ def grid(rows: list, columns: list | None = None, baseline: str = "eager") -> st
         src = ["src"] if len(numbers) > 1 else []
         lines += [f"{suite}:", "", "| case | " + " | ".join(used + extra + src) + " |",
                   "|---" * (len(used) + len(extra) + len(src) + 1) + "|"]
-        for (case, run), cells in sorted(cases.items(), key=lambda item: (_sort_key(item[0][0]), item[0][1])):
+        for (case, run), cells in sorted(cases.items(), key=lambda item: (numbers[item[0][1]], _sort_key(item[0][0]))):
             out = [fmt_case(case)] + [_cell(cells.get(c), rat.get(id(cells.get(c)))) for c in used]
             if suite == "train":
                 out.append(_epoch_cell(cells))
@@ -214,7 +223,8 @@ def grid(rows: list, columns: list | None = None, baseline: str = "eager") -> st
 
 def pairs(rows: list, columns: list | None = None, baseline: str = "eager", show_memory: bool = True) -> str:
     """One line per case and compared column: baseline time, its time, speed-up and memory ratio (left
-    blank where the baseline's peak is under MIN_MEMORY_BYTES: memory reused within the cell, no ratio)."""
+    blank where the baseline's peak is under MIN_MEMORY_BYTES, and n/a where the allocator kept freed
+    memory: the CPU high-water mark then misses reused memory)."""
     rat = ratios(rows, baseline)
     source_lines, numbers = _sources(rows)
     base = {(r["run"], case_of(r)): r for r in rows if r["column"] == baseline and measured(r)}
@@ -223,26 +233,37 @@ def pairs(rows: list, columns: list | None = None, baseline: str = "eager", show
     compared = [r for r in rows if r["column"] != baseline and measured(r) and id(r) in rat
                 and (not columns or r["column"] in columns)]
     order = {c: i for i, c in enumerate(columns or COLUMN_ORDER)}
-    compared.sort(key=lambda r: (r["device"], r["device_name"], r.get("note") or "", r["suite"],
+    compared.sort(key=lambda r: (r["device"], r["device_name"], r.get("note") or "", r["suite"], run_order(r),
                                  _sort_key(case_of(r)), order.get(r["column"], 99)))
     for row in compared:
         speed, memory = rat[id(row)]
         ref = base[(row["run"], case_of(row))]
         mem = ""
-        if show_memory and memory is not None and ref["peak_extra_bytes"] >= MIN_MEMORY_BYTES:
+        if "heap kept" in (row.get("note") or ""):
+            mem = "n/a (heap kept)"
+        elif show_memory and memory is not None and ref["peak_extra_bytes"] >= MIN_MEMORY_BYTES:
             mem = f"{memory:.2f} ({fmt_bytes(ref['peak_extra_bytes'])} -> {fmt_bytes(row['peak_extra_bytes'])})"
-        lines.append(f"| {row['device_name']} ({row['isa']}) | {row['suite']} {fmt_case(case_of(row))} | "
+        lines.append(f"| {row['device_name']} ({row['isa']}) | {fmt_case(case_of(row))} | "
                      f"{row['column']} | {fmt_time(ref['median_ms'])} | {fmt_time(row['median_ms'])} | "
                      f"{speed:.2f}x | {mem} | [{numbers[row['run']]}] |")
     return "\n".join(lines + [""] + source_lines)
 
 
+VARIANT_ORDER = "SBML"
+
+
 def _sort_key(case: tuple) -> tuple:
-    return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in case)
+    values = dict(zip(store.CASE_KEYS, case))
+    if values.get("variant") in tuple(VARIANT_ORDER):
+        values["variant"] = VARIANT_ORDER.index(values["variant"])
+    ordered = [values["suite"]] + [values[k] for k in CASE_DISPLAY]
+    return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in ordered)
 
 
 def table(rows: list, options: dict) -> str:
-    """The table for a set of filter options (the CLI's and the README markers')."""
+    """The table for a set of options (the CLI's and the README markers'): filters (FILTER_KEYS; or
+    ``clauses``, a list of filter dicts whose matches are joined), format, baseline, columns, all_runs,
+    memory."""
     options = dict(options)
     fmt = options.pop("format", None) or "grid"
     baseline = options.pop("baseline", None) or "eager"
@@ -250,10 +271,13 @@ def table(rows: list, options: dict) -> str:
     columns = [c.strip() for c in columns.split(",")] if columns else None
     all_runs = options.pop("all_runs", False)
     show_memory = str(options.pop("memory", "yes")).lower() not in ("no", "off", "false", "0")
-    unknown = set(options) - set(FILTER_KEYS)
-    if unknown:
-        raise ValueError(f"unknown filters {sorted(unknown)}; choose from {', '.join(FILTER_KEYS)}")
-    chosen = select(rows, options)
+    clauses = options.pop("clauses", None) or [options]
+    for clause in clauses:
+        unknown = set(clause) - set(FILTER_KEYS)
+        if unknown:
+            raise ValueError(f"unknown filters {sorted(unknown)}; choose from {', '.join(FILTER_KEYS)}")
+    picked = {id(r): r for clause in clauses for r in select(rows, clause)}
+    chosen = [r for r in rows if id(r) in picked]
     if columns:
         chosen = [r for r in chosen if r["column"] in columns or r["column"] == baseline]
     if not all_runs:
@@ -268,14 +292,22 @@ def table(rows: list, options: dict) -> str:
 MARKER = re.compile(r"^<!-- results:(?P<spec>.*?)-->\n.*?^<!-- /results -->$", re.M | re.S)
 
 
+GLOBAL_OPTIONS = ("format", "baseline", "columns", "memory")
+
+
 def parse_spec(spec: str) -> dict:
-    options = {}
+    """`key=value ...` options; `|` separates clauses of filters whose matches are joined."""
+    options, clauses = {}, [{}]
     for item in shlex.split(spec):
-        if item == "all_runs":
+        if item == "|":
+            clauses.append({})
+        elif item == "all_runs":
             options["all_runs"] = True
-            continue
-        key, _, value = item.partition("=")
-        options[key.replace("-", "_")] = value
+        else:
+            key, _, value = item.partition("=")
+            key = key.replace("-", "_")
+            (options if key in GLOBAL_OPTIONS else clauses[-1])[key] = value
+    options["clauses"] = clauses
     return options
 
 

@@ -97,7 +97,7 @@ def test_latest_keeps_the_newest_run_per_case_and_setting():
     assert sorted({r["run"] for r in chosen}) == ["heap", "new"]
     text = report.table(rows, dict(format="pairs", columns="cpp", note="glibc*"))
     assert "| 2.00 s | 400.0 ms | 5.00x |" in text and "heap" not in text
-    assert "commit abc1234" in text and "`python -m x`" in text
+    assert "- [1] Test CPU (avx512, 2 threads), commit abc1234" in text and "`python -m x`" in text
 
 
 def test_grid_and_markers_regenerate_tables_from_the_csv(tmp_path):
@@ -120,7 +120,7 @@ def test_readme_tables_match_the_results_csv():
     root = os.path.dirname(PERSIST_CSV)
     rows = store.read(PERSIST_CSV)
     docs = [os.path.join(root, "..", "..", name) for name in
-            ("README.md", "benchmarks/README.md", "csrc/README.md", "kernels/README.md")]
+            ("README.md", "benchmarks/README.md", "csrc/README.md", "kernels/README.md", "docs/performance.md")]
     for doc in docs:
         with open(doc) as handle:
             text = handle.read()
