@@ -30,8 +30,9 @@ at::Tensor voxels_by_channel(const at::Tensor& t) {
   return t.permute({0, 2, 3, 4, 1}).reshape({t.size(0), -1, t.size(1)});
 }
 
-// Fresh outputs are plain ATen allocations, channels-last. No huge-page request (madvise): on the project
-// VM it made model forwards slower, never faster (measurements in csrc/README.md).
+// Fresh outputs are plain ATen allocations, channels-last. No huge-page request (madvise): a process's
+// first huge-page touches are slow enough that model forwards lost more than later touches won back
+// (docs/performance.md).
 at::Tensor empty_cl3d(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return at::empty(sizes, options.memory_format(at::MemoryFormat::ChannelsLast3d));
 }
@@ -141,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_stats(const at::Tensor& x,
 int64_t norm_mlp_tile(int64_t rc, bool bf16) {
   // fp32: ~128K floats (512 KiB) of hidden per tile, in a 1-2 MiB L2 next to the input/output tiles.
   // bf16 (oneDNN GEMMs): 2M values (4 MiB); oneDNN repacks the weights on every call, so its GEMMs need
-  // long tiles: 1x128x16^3 with R = 8 ran 1.8x faster than fp32 with the fp32 tile, 3.1-3.3x with this.
+  // long tiles to amortise the repacking.
   const int64_t budget = bf16 ? (int64_t(2) << 20) : (128 * 1024);
   const int64_t t = (budget / std::max<int64_t>(rc, 1)) / 16 * 16;
   return std::clamp<int64_t>(t, 16, bf16 ? 65536 : 4096);
@@ -235,7 +236,7 @@ at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor&
 
   // Narrow layers (Cout <= 64, the full-resolution levels): the register-resident fused MLP beats
   // ATen's GEMM on these thin matrices. Wider layers: ATen GEMM tiles below. With bf16 GEMMs the tiles
-  // already win at Cout = 64 (1x64x32^3, R = 2 / 4: 1.3x / 1.5x faster than the fused fp32 MLP), not at 32.
+  // also beat the fused fp32 MLP at Cout = 64; at 16/32 they do not (their elementwise passes dominate).
   const bool fused_wins = Cout == 16 || Cout == 32 || (Cout == 64 && !bf16_gemms);
   if (fold && g_mlp_fused.load() && fused_wins && RC % 32 == 0 && C <= 128 && RC <= 512) {
     const at::Tensor yc = yv.contiguous();
@@ -305,7 +306,7 @@ at::Tensor norm_mlp(const at::Tensor& y, const at::Tensor& s1, const at::Tensor&
         at::gelu_(h);  // exact (erf) GELU on bf16
       } else {
         at::addmm_out(h, fold ? be_n[n] : be, z, (fold ? we_n[n] : we).t());
-        cpu::gelu_inplace(h.data_ptr<float>(), h.numel());  // erf GELU, ~4x faster than at::gelu_
+        cpu::gelu_inplace(h.data_ptr<float>(), h.numel());  // erf GELU, the fused MLP's vectorised fit
       }
       at::Tensor o = ov[n].narrow(0, v0, len);
       if (res.defined()) {
