@@ -5,7 +5,7 @@
     python -m benchmarks.report --commit 4b21314 --all-runs         # every run of one commit
     python -m benchmarks.report --run RUN_ID --plots /tmp/plots     # one run, with PNG plots
     python -m benchmarks.report --format pairs --columns cpp        # one row per case: cpp vs eager
-    python -m benchmarks.report --update README.md benchmarks/README.md csrc/README.md kernels/README.md
+    python -m benchmarks.report --update README.md */README.md docs/performance.md   # the generated tables
 
 Filters take comma-separated alternatives, each a glob pattern ("4b21314*", "*Xeon*"). By default, for
 each case and setting (device, ISA, threads, note) only the latest run that measured it is shown.
