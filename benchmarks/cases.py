@@ -5,23 +5,38 @@ Columns, the first being the baseline of every ratio:
   eager_cl3d  the same with model and input in channels_last_3d
   compile     torch.compile of the reference
   monai       MONAI's MedNeXt (where installed)
+  onnxruntime the reference exported once per case with torch.onnx.export, run by ONNX Runtime (CPU)
+  openvino    the same ONNX file compiled by OpenVINO (CPU, fp32)
   triton      our fused Triton backend (CUDA)
   cpp         our fused C++ backend (CPU inference)
+
+Every column but ours (OURS) is a baseline; "vs best baseline" is our time against the fastest of them
+in the same run and case (benchmarks.report). The ONNX columns need the optional extra `[bench]`; where a
+package is missing the column is skipped with the reason.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
+import shutil
+import tempfile
 
 import torch
 
 import mednext_fast as mf
 from mednext_fast import backends, ops
 
-COLUMNS = ("eager", "eager_cl3d", "compile", "monai", "triton", "cpp")
-# Columns that make sense per suite (MONAI and channels_last are whole-model/block choices).
+COLUMNS = ("eager", "eager_cl3d", "compile", "monai", "onnxruntime", "openvino", "triton", "cpp")
+OURS = ("triton", "cpp", "triton_compile", "cpp_compile")  # every other column is a baseline
+ONNX_COLUMNS = ("onnxruntime", "openvino")
+# Columns that make sense per suite (MONAI and channels_last are whole-model/block choices; the ONNX
+# runtimes run the whole model's forward).
 SUITE_COLUMNS = {"ops": ("eager", "compile", "triton", "cpp"),
                  "blocks": ("eager", "eager_cl3d", "compile", "triton", "cpp"),
-                 "model": COLUMNS, "train": COLUMNS}
+                 "model": COLUMNS, "train": tuple(c for c in COLUMNS if c not in ONNX_COLUMNS)}
+# Largest relative error (max |diff| / max |eager|) an exported model may show before it is timed.
+ONNX_MAX_REL_ERR = 1e-4
 N_CLASSES = 13
 DS_WEIGHTS = [1 / 2 ** i for i in range(5)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -38,6 +53,16 @@ def autocast(device: str, dtype: str):
 
 
 def check_column(column: str, device: str, training: bool) -> None:
+    if column in ONNX_COLUMNS:
+        if device != "cpu":
+            raise Skip(f"{column} is a CPU baseline here")
+        if training:
+            raise Skip(f"{column} runs inference only")
+        for package in ("onnx", column):
+            try:
+                __import__(package)
+            except ImportError:
+                raise Skip(f"{package} is not installed (pip install -e .[bench])")
     if column == "monai":
         try:
             import monai.networks.nets.mednext  # noqa: F401
@@ -69,7 +94,9 @@ def _to_device(module, x, column, device):
 
 
 def build_model(column: str, variant: str, kernel: int, device: str, checkpointing: bool, batch: int, size: int):
+    """The model of a column and its input; every column of a case gets the same weights and input (seeded)."""
     check_column(column, device, training=False)
+    torch.manual_seed(0)
     if column == "monai":
         if checkpointing:
             raise Skip("MONAI's MedNeXt has no gradient checkpointing")
@@ -80,8 +107,87 @@ def build_model(column: str, variant: str, kernel: int, device: str, checkpointi
         backend = column if column in ("triton", "cpp") else "torch"
         model = mf.create_mednext(variant, 1, N_CLASSES, kernel_size=kernel, deep_supervision=True,
                                   checkpoint_style="outside_block" if checkpointing else None, backend=backend)
-    x = torch.randn(batch, 1, size, size, size)
+    x = torch.randn(batch, 1, size, size, size, generator=torch.Generator().manual_seed(1))
     return _to_device(model, x, column, device)
+
+
+_EXPORTS: dict = {}  # (variant, kernel, batch, size) -> (path of the exported ONNX file, eager outputs, input)
+
+
+def _temp_dir() -> str:
+    if "dir" not in _EXPORTS:
+        _EXPORTS["dir"] = tempfile.mkdtemp(prefix="mednext-onnx-")
+        atexit.register(shutil.rmtree, _EXPORTS["dir"], True)
+    return _EXPORTS["dir"]
+
+
+def export_onnx(variant: str, kernel: int, batch: int, size: int):
+    """The reference model (the eager column's weights and input) exported once per case with the
+    TorchScript exporter (torch.onnx.export(dynamo=False): no onnxscript needed); also returns the eager
+    outputs, the reference the runtimes are checked against."""
+    key = (variant, kernel, batch, size)
+    if key not in _EXPORTS:
+        import warnings
+
+        model, x = build_model("eager", variant, kernel, "cpu", False, batch, size)
+        model.eval()
+        path = os.path.join(_temp_dir(), f"{variant}_k{kernel}_b{batch}_{size}.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["x"])
+        with torch.inference_mode():
+            outs = model(x)
+        outs = [outs] if isinstance(outs, torch.Tensor) else list(outs)
+        _EXPORTS[key] = (path, [o.numpy() for o in outs], x.numpy())
+    return _EXPORTS[key]
+
+
+def rel_err(outs, refs) -> float:
+    """max |out - ref| / max |ref| over every output (deep-supervision heads included)."""
+    import numpy as np
+
+    return max(float(np.abs(o - r).max() / max(np.abs(r).max(), 1e-30)) for o, r in zip(outs, refs))
+
+
+def build_onnx_forward(column: str, variant: str, kernel: int, device: str, batch: int, size: int, dtype: str):
+    """A forward of the exported reference in ONNX Runtime or OpenVINO (fp32, torch's thread count),
+    checked against eager before it is timed; run.extra holds the check."""
+    check_column(column, device, training=False)
+    if dtype != "fp32":
+        raise Skip(f"{column} column is fp32 only")
+    path, refs, x = export_onnx(variant, kernel, batch, size)
+    threads = torch.get_num_threads()
+    if column == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+        def infer():
+            return session.run(None, {"x": x})
+        version = ort.__version__
+    else:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                         "INFERENCE_PRECISION_HINT": "f32",
+                                                         "PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+
+        def infer():
+            result = request.infer({0: x})
+            return [result[out] for out in compiled.outputs]
+        version = ov.__version__
+    err = rel_err(infer(), refs)
+    if not err <= ONNX_MAX_REL_ERR:
+        raise RuntimeError(f"{column} output differs from eager: rel. error {err:.2e} > {ONNX_MAX_REL_ERR:g}")
+
+    def run():
+        infer()
+    run.extra = dict(rel_err_vs_eager=float(f"{err:.3g}"), runtime_version=version, exporter="torchscript",
+                     opset=17)
+    return run
 
 
 def forward_fn(model, x, device, dtype):

@@ -121,6 +121,9 @@ def build(suite, case, extra, column, args):
                                      args.batch, extra["size"], training)
         return cases.block_fn(block, x, device, dtype, training)
     if suite == "model":
+        if column in cases.ONNX_COLUMNS:
+            return cases.build_onnx_forward(column, case["variant"], case["kernel"], device, args.batch, args.size,
+                                            dtype)
         model, x = cases.build_model(column, case["variant"], case["kernel"], device, False, args.batch, args.size)
         return cases.forward_fn(model, x, device, dtype)
     cases.check_column(column, device, training=True)
@@ -148,6 +151,8 @@ def measure_case(suite, case, extra, case_rows, args) -> None:
         if isinstance(result, Exception):
             case_rows[column]["skipped"] = _why(result)
         else:
+            if getattr(fns[column], "extra", None):
+                case_rows[column]["extra"] = dict(case_rows[column].get("extra") or {}, **fns[column].extra)
             case_rows[column].update(median_ms=result["median_s"] * 1e3, iqr_ms=result["iqr_s"] * 1e3,
                                      runs=result["runs"], first_call_s=result["first_call_s"],
                                      peak_extra_bytes=result["peak_extra_bytes"], peak_bytes=result["peak_bytes"])
