@@ -22,6 +22,8 @@ from mednext_fast.train import preprocess as pp
 from mednext_fast.train import sampling
 
 DatasetError = dio.DatasetError
+N_FOLDS = 5  # nnU-Net's cross-validation
+FOLD_ALL = "all"  # nnU-Net's fold that trains one model on every case, nothing held out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -120,7 +122,7 @@ def run_splits(ds: RawDataset, run_dir: str, seed: int) -> list:
     if os.path.isfile(own):
         with open(own) as handle:
             return json.load(handle)
-    return make_splits(ds.cases, 5, seed)
+    return make_splits(ds.cases, N_FOLDS, seed)
 
 
 # ---------------------------------------------------------------------------------------------------

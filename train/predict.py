@@ -13,6 +13,7 @@ import torch
 import mednext_fast as mf
 from mednext_fast.train import predictor
 from mednext_fast.train.cli import HelpFormatter, exit_code
+from mednext_fast.train.data_bridge import FOLD_ALL
 from mednext_fast.train.device import AMP_CHOICES, amp_dtype, pick_device
 
 
@@ -26,7 +27,10 @@ def predict_parser() -> argparse.ArgumentParser:
                         "single-channel models, any *.nii.gz")
     p.add_argument("-o", "--output", required=True, help="folder for <case>.nii.gz label maps")
     p.add_argument("-m", "--model", required=True, help="run folder written by training (holds plans.json)")
-    p.add_argument("--folds", nargs="+", default=["all"], help="folds to ensemble, or 'all' trained ones")
+    p.add_argument("--folds", nargs="+",
+                   help="folds to ensemble: numbers of cross-validation folds and/or 'all' (the model trained on "
+                        "every case, nnU-Net's fold 'all'). Default: every trained cross-validation fold, else "
+                        "'all'")
     p.add_argument("--checkpoint", default="final", choices=tuple(predictor.CHECKPOINTS),
                    help="which checkpoint of each fold to use")
     p.add_argument("--no-mirror", action="store_true",
@@ -49,10 +53,15 @@ def predict(args) -> int:
     plans, cfg = predictor.load_run(args.model)
     device = pick_device(args.device)
     amp = amp_dtype(args.amp, device)[0]
-    if args.folds == ["all"]:
-        folds = predictor.trained_folds(args.model, args.checkpoint)
+    trained = predictor.trained_folds(args.model, args.checkpoint)
+    if args.folds is None:
+        folds = [f for f in trained if f != FOLD_ALL] or trained
     else:
-        folds = [int(f) for f in args.folds]
+        folds = [f if f == FOLD_ALL else int(f) if f.isdigit() else f for f in args.folds]
+        missing = [f for f in folds if f not in trained]
+        if missing:
+            raise SystemExit(f"{args.model}: fold(s) {missing} have no {args.checkpoint} checkpoint; trained: "
+                             f"{trained or 'none'}")
     if not folds:
         raise SystemExit(f"{args.model}: no fold_*/{predictor.CHECKPOINTS[args.checkpoint]} found")
     models = predictor.load_models(args.model, cfg, folds, args.checkpoint, args.backend, device)

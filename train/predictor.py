@@ -83,10 +83,13 @@ def load_run(run_dir: str) -> tuple:
 
 
 def trained_folds(run_dir: str, checkpoint: str = "final") -> list:
-    """The folds of ``run_dir`` that hold a ``checkpoint`` ('final', 'best' or 'latest') checkpoint."""
+    """The folds of ``run_dir`` that hold a ``checkpoint`` ('final', 'best' or 'latest') checkpoint: the
+    cross-validation folds in order, then 'all' if trained."""
     name = CHECKPOINTS[checkpoint]
-    return sorted(int(d[5:]) for d in os.listdir(run_dir)
-                  if d.startswith("fold_") and os.path.isfile(os.path.join(run_dir, d, name)))
+    found = [d[5:] for d in os.listdir(run_dir)
+             if d.startswith("fold_") and os.path.isfile(os.path.join(run_dir, d, name))]
+    numbered = sorted(int(f) for f in found if f.isdigit())
+    return numbered + [data.FOLD_ALL] * (data.FOLD_ALL in found)
 
 
 def load_models(run_dir: str, cfg: dict, folds, checkpoint: str = "final", backend: str = "auto",

@@ -40,7 +40,10 @@ def train_parser() -> argparse.ArgumentParser:
                         "'tiny' (tests). Default: paper with --dataset on a GPU, else demo")
     p.add_argument("--variant", default="S", type=str.upper, choices=sorted(mf.VARIANTS), help="MedNeXt variant")
     p.add_argument("--kernel", default=3, type=int, choices=(3, 5, 7), help="depthwise kernel size")
-    p.add_argument("--fold", default="0", help="cross-validation fold 0..4, or 'all'")
+    p.add_argument("--fold", nargs="+",
+                   help="folds to train, as in nnU-Net: 0..4 of the 5-fold cross-validation (several: "
+                        "--fold 0 1 2 3 4), or 'all' (one model on every case, no held-out validation). "
+                        "Default: 0, or 'all' for a one-case dataset")
     p.add_argument("--epochs", type=int, help="number of epochs (preset)")
     p.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (preset)")
     p.add_argument("--val-iters", type=int, help="validation batches per epoch for the pseudo-Dice (preset)")

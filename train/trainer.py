@@ -58,8 +58,15 @@ def run_training(args) -> int:
     out = args.output or os.path.join("runs", os.path.basename(os.path.normpath(name)),
                                       f"{cfg['variant']}k{cfg['kernel']}_{cfg['preset']}")
     log = RunLog(out, enabled=env.main)
-    splits = data.run_splits(ds, out, cfg["split_seed"])
-    folds = _folds(args.fold, len(splits))
+    folds = select_folds(args.fold, len(ds.cases), log)
+    # The cross-validation split exists only where it is used: a one-case dataset has none.
+    splits = None
+    if any(f != data.FOLD_ALL for f in folds):
+        splits = data.run_splits(ds, out, cfg["split_seed"])
+        for fold in folds:
+            if fold != data.FOLD_ALL and not 0 <= fold < len(splits):
+                raise SystemExit(f"--fold {fold}: this dataset's split has {len(splits)} folds "
+                                 f"(0..{len(splits) - 1}), or use 'all'")
     _clear_previous_run(out, folds, args, env, log)
 
     preprocessed = args.preprocessed or os.path.join(out, "preprocessed")
@@ -73,7 +80,8 @@ def run_training(args) -> int:
                              progress=False)
     if env.main:
         os.makedirs(out, exist_ok=True)
-        write_json(os.path.join(out, "splits_final.json"), splits)
+        if splits is not None:
+            write_json(os.path.join(out, "splits_final.json"), splits)
         write_json(os.path.join(out, "plans.json"), dict(plans=plans, config=cfg))
     log(f"dataset {name} ({root}): {len(ds.cases)} cases, {ds.n_classes} classes, target spacing "
         f"{plans['target_spacing']}; {cfg['preset']} preset: MedNeXt-{cfg['variant']} k{cfg['kernel']} "
@@ -84,28 +92,47 @@ def run_training(args) -> int:
         fold_dir = os.path.join(out, f"fold_{fold}")
         os.makedirs(fold_dir, exist_ok=True)
         fold_log = RunLog(fold_dir, enabled=env.main)
-        fold_log(f"fold {fold}: {len(splits[fold]['train'])} training, {len(splits[fold]['val'])} validation cases")
+        if fold == data.FOLD_ALL:
+            # nnU-Net's fold 'all': every case trains; the per-epoch pseudo-Dice is taken on training patches.
+            split = dict(train=sorted(ds.cases), val=sorted(ds.cases))
+            fold_log(f"fold all: {len(ds.cases)} training case(s), no held-out validation")
+        else:
+            split = splits[fold]
+            fold_log(f"fold {fold}: {len(split['train'])} training, {len(split['val'])} validation cases")
         t0 = time.time()
-        result = train_fold(cfg, args, plans, preprocessed, splits[fold], fold_dir, device, env, fold_log)
+        result = train_fold(cfg, args, plans, preprocessed, split, fold_dir, device, env, fold_log)
         fold_log(f"fold {fold}: training took {time.time() - t0:.1f}s")
-        if not args.no_final_validation:
-            final_validation([result["model"]], cfg, ds, plans, splits[fold]["val"],
+        if not args.no_final_validation and fold != data.FOLD_ALL:
+            final_validation([result["model"]], cfg, ds, plans, split["val"],
                              os.path.join(fold_dir, "validation"), device, result["amp"], cfg["mirror"],
                              env, fold_log, args.no_progress or not env.main)
     env.close()
     return 0
 
 
-def _folds(arg: str, n: int) -> list:
-    if arg == "all":
-        return list(range(n))
-    try:
-        fold = int(arg)
-    except ValueError:
-        raise SystemExit(f"--fold must be 0..{n - 1} or 'all', got {arg!r}")
-    if not 0 <= fold < n:
-        raise SystemExit(f"--fold {fold}: this dataset has {n} folds (0..{n - 1})")
-    return [fold]
+def select_folds(requested, n_cases: int, log=print) -> list:
+    """The folds to train, as nnU-Net names them: 0..4 of the cross-validation, or 'all' (one model on every
+    case, nothing held out). Default: fold 0, or 'all' for a one-case dataset (validation needs two)."""
+    if requested is None:
+        if n_cases < 2:
+            log("the dataset has one training case: training fold 'all' on it (validation needs >= 2 cases)")
+            return [data.FOLD_ALL]
+        return [0]
+    folds = []
+    for value in requested:
+        if value == data.FOLD_ALL:
+            fold = data.FOLD_ALL
+        else:
+            try:
+                fold = int(value)
+            except ValueError:
+                raise SystemExit(f"--fold: each value must be a fold number or 'all', got {value!r}") from None
+            if n_cases < 2:
+                raise SystemExit(f"--fold {fold}: cross-validation needs at least 2 cases and this dataset has "
+                                 f"{n_cases}; train on it with --fold all")
+        if fold not in folds:
+            folds.append(fold)
+    return folds
 
 
 def _clear_previous_run(out: str, folds: list, args, env: Dist, log: RunLog) -> None:
