@@ -1,7 +1,12 @@
 """Input validation with messages that name the problem and the fix."""
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn as nn
+
+from . import backends
 
 DIVISOR = 16  # four 2x down-samplings; skip additions need every spatial size divisible by 16
 
@@ -12,7 +17,15 @@ def _nearest_valid(n: int, divisor: int = DIVISOR) -> str:
     return f"pad or crop it to {lower} or {upper}" if lower else f"pad it to {upper}"
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 def check_input(model, x: torch.Tensor) -> None:
+    """Raise naming the problem and the fix unless ``model`` (a MedNeXt) can run ``x``.
+
+    An empty batch (N = 0) is valid: every backend returns empty outputs of the right shapes.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"MedNeXt expects a torch.Tensor, got {type(x).__name__}")
     spatial = 3 if model.dim == "3d" else 2
@@ -34,6 +47,29 @@ def check_input(model, x: torch.Tensor) -> None:
     if x.device != param.device:
         raise RuntimeError(f"input is on {x.device} but the model's parameters are on {param.device}; "
                            f"move one of them (e.g. model.to({str(x.device)!r}))")
+    if x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type):
+        have, want = _dtype_name(x.dtype), _dtype_name(param.dtype)
+        raise TypeError(f"input dtype {have} differs from the model's weights ({want}); convert the input "
+                        f"(x.to(torch.{want})), convert the model (model.to(torch.{have})), or run under "
+                        f"torch.autocast({x.device.type!r}) for mixed precision with {want} weights")
     if model.do_ds and not hasattr(model, "out_1"):
         raise RuntimeError("do_ds is True but the model was built without deep_supervision heads "
                            "(out_1..out_4); build it with deep_supervision=True")
+    _check_trainable_size(model, x)
+
+
+def _check_trainable_size(model, x: torch.Tensor) -> None:
+    """Training needs >= 2 voxels per sample at the 1/16 bottleneck, where GroupNorm (one group per channel)
+    takes each channel's statistics over that sample's voxels: over one voxel the variance is 0, the output is
+    the norm's bias alone and no gradient passes (PyTorch's GroupNorm also raises there when N == 1)."""
+    if not model.training or not isinstance(getattr(model.down_3, "norm", None), nn.GroupNorm):
+        return
+    bottleneck = [n // DIVISOR for n in x.shape[2:]]
+    if math.prod(bottleneck) >= 2 or not backends.needs_grad(model, x):
+        return
+    spatial = "x".join(str(n) for n in x.shape[2:])
+    smallest = "x".join(["16"] * (len(bottleneck) - 1) + ["32"])
+    raise ValueError(f"input spatial size {spatial} is too small to train MedNeXt: its 1/16 bottleneck is "
+                     f"{'x'.join(map(str, bottleneck))} (one voxel), and GroupNorm needs at least 2 voxels per "
+                     f"channel and sample there. The minimum training input is 32 along one axis ({smallest}; "
+                     f"32^3 or more is usual)")

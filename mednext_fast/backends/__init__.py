@@ -131,7 +131,7 @@ def select(module: torch.nn.Module, x: torch.Tensor) -> Optional[Backend]:
         return None
     if name == "auto":
         name = AUTO.get(x.device.type)
-        if name is None or not is_available(name) or not _fusable_blocks(module):
+        if name is None or x.shape[0] == 0 or not is_available(name) or not _fusable_blocks(module):
             return None
         backend = load(name)
         if x.dtype not in backend.dtypes or (backend.inference_only and needs_grad(module, x)):
@@ -139,6 +139,8 @@ def select(module: torch.nn.Module, x: torch.Tensor) -> Optional[Backend]:
         return backend
     backend = load(name)
     backend.check_device(x)
+    if x.shape[0] == 0:
+        return None  # an empty batch: the reference path returns empty outputs, the same on every backend
     if (backend.inference_only and needs_grad(module, x)) or not _fusable_blocks(module):
         return None  # training runs the reference path; so does a model none of whose blocks it can run
     backend.check_dtype(x)
