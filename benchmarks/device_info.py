@@ -13,16 +13,6 @@ import uuid
 
 import torch
 
-# Vendor peaks for known GPUs: (bandwidth GB/s, fp32 FMA GFLOP/s, bf16 tensor-core GFLOP/s, dense).
-GPU_PEAKS = {
-    "H100 80GB HBM3": (3350, 66900, 989400),
-    "H100 PCIe": (2000, 51200, 756000),
-    "H200": (4800, 66900, 989400),
-    "A100-SXM4-80GB": (2039, 19500, 312000),
-    "A100-SXM4-40GB": (1555, 19500, 312000),
-}
-
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Environment variables that change CPU timings, recorded in every row's note.
 HEAP_KEPT = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
@@ -126,11 +116,17 @@ def _cpu_name() -> str:
 
 
 def peaks(device: str, name: str) -> dict:
-    """Peak bandwidth and FLOP rates: a vendor table for known GPUs, else a quick probe (copy and matmul)."""
+    """Peak bandwidth and FLOP rates: the vendor table of benchmarks.roofline for known GPUs, else a probe
+    (copy and matmul)."""
     if device == "cuda":
-        for key, (bw, fp32, bf16) in GPU_PEAKS.items():
-            if key in name:
-                return dict(source="vendor table", gbps=bw, fp32_gflops=fp32, bf16_gflops=bf16)
+        from benchmarks import roofline
+
+        try:
+            known = roofline.gpu(name)
+        except KeyError:
+            known = roofline.probe()
+        return dict(source=known.source, name=known.name, gbps=known.gbps, fp32_gflops=known.fp32_tflops * 1e3,
+                    bf16_gflops=known.tensor_tflops * 1e3 if known.tensor_tflops else None)
     return dict(source="probe", **probe(device))
 
 
