@@ -5,6 +5,7 @@ The forward asks ``backends.select`` once which backend runs it; a backend with 
 """
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 import torch
@@ -18,6 +19,19 @@ from .checks import check_input
 LEVELS = 4  # down/up-sampling steps; inputs must be divisible by 2**LEVELS
 
 
+def _check_kernel_size(what: str, value) -> None:
+    """Kernel sizes are odd positive ints; see the MedNeXt docstring for which backends run which."""
+    try:
+        k = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        k = None
+    if k is not None and k >= 1 and k % 2 == 1:
+        return
+    fix = f"use {k - 1} or {k + 1}" if k is not None and k > 1 else "use 3, 5 or 7"
+    raise ValueError(f"{what} must be an odd positive int (the depthwise convs pad k//2 per side, so an even "
+                     f"kernel changes the spatial size), got {value!r}; {fix} (3, 5 and 7 run on every backend)")
+
+
 class MedNeXt(nn.Module):
     """MedNeXt (Roy et al., MICCAI 2023) with the official ``MedNeXt`` constructor and state_dict.
 
@@ -27,6 +41,11 @@ class MedNeXt(nn.Module):
     ratio of stage i+1 (official) or of stage i (``monai_compat=True``, MONAI's shapes, no GRN in any
     down block). With ``deep_supervision`` the forward returns [full, 1/2, 1/4, 1/8, 1/16] resolution
     logits whenever ``self.do_ds`` is true, in train and eval mode alike.
+
+    Kernel sizes must be odd (the depthwise convs pad k//2 per side; an even k would change the spatial
+    size): 3, 5 and 7 are the paper's and run on every backend. Odd sizes above 7 run on the PyTorch path
+    only: ``backend='auto'`` runs those blocks on PyTorch, while the fused backends (``'triton'``, ``'cpp'``,
+    odd k <= ``ops.MAX_KERNEL`` = 7) refuse them at construction.
     """
 
     def __init__(self, in_channels: int, n_channels: int, n_classes: int, exp_r: int | Sequence[int] = 4,
@@ -42,6 +61,9 @@ class MedNeXt(nn.Module):
             enc_kernel_size = dec_kernel_size = kernel_size
         if enc_kernel_size is None or dec_kernel_size is None:
             raise ValueError("give kernel_size, or both enc_kernel_size and dec_kernel_size")
+        for what, k in (("kernel_size" if kernel_size is not None else "enc_kernel_size", enc_kernel_size),
+                        ("kernel_size" if kernel_size is not None else "dec_kernel_size", dec_kernel_size)):
+            _check_kernel_size(what, k)
         exp_r = [exp_r] * 9 if isinstance(exp_r, int) else list(exp_r)
         block_counts = list(block_counts)
         if len(exp_r) != 9 or len(block_counts) != 9:

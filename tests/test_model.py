@@ -160,3 +160,40 @@ def test_autocast_bf16_runs_and_stays_close_to_fp32():
     assert model.stem.weight.grad.dtype == torch.float32  # fp32 master weights
     for a, b in zip(ref, outs):
         assert (a - b.float()).abs().max() <= 0.05 * a.abs().max() + 0.05
+
+
+@pytest.mark.parametrize("kwargs,name,value", [
+    (dict(kernel_size=4), "kernel_size", "4"),
+    (dict(kernel_size=8), "kernel_size", "8"),
+    (dict(kernel_size=0), "kernel_size", "0"),
+    (dict(kernel_size=3.0), "kernel_size", "3.0"),
+    (dict(kernel_size=None, enc_kernel_size=6, dec_kernel_size=3), "enc_kernel_size", "6"),
+    (dict(kernel_size=None, enc_kernel_size=3, dec_kernel_size=2), "dec_kernel_size", "2"),
+])
+def test_even_or_non_integer_kernel_sizes_are_refused_at_construction(kwargs, name, value):
+    with pytest.raises(ValueError, match=rf"{name} must be an odd positive int .* got {value}; use"):
+        tiny_mednext(**kwargs)
+
+
+def test_kernel_size_4_message_suggests_the_odd_neighbours():
+    with pytest.raises(ValueError, match="even kernel changes the spatial size.*got 4; use 3 or 5"):
+        tiny_mednext(kernel_size=4)
+
+
+def test_odd_kernel_above_7_runs_on_the_torch_path_and_auto_falls_back():
+    ref = tiny_mednext(kernel_size=9, backend="torch")
+    model = tiny_mednext(kernel_size=None, enc_kernel_size=9, dec_kernel_size=9, backend="auto")
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+    ref(x).sum().backward()
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_fused_backends_refuse_kernels_above_7_at_construction(backend):
+    from mednext_fast import backends
+    if not backends.is_available(backend):
+        pytest.skip(f"backend {backend!r} is not available here")
+    with pytest.raises(ValueError, match=rf"backend='{backend}' cannot run .*only odd kernel sizes up to 7.*'auto'"):
+        tiny_mednext(kernel_size=9, backend=backend)
