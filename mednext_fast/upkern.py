@@ -33,13 +33,15 @@ def resize_kernel(weight: torch.Tensor, spatial: tuple) -> torch.Tensor:
 
 
 @torch.no_grad()
-def upkern(target: nn.Module, source) -> nn.Module:
+def upkern(target: nn.Module, source, *, allow_shrink: bool = False) -> nn.Module:
     """Copy ``source`` weights into ``target``, resizing depthwise kernels of another spatial size.
 
     ``source``: a model, a state_dict (official or MONAI layout) or a checkpoint path. Tensors of equal
     shape are copied; kernels whose channel dims match but whose spatial size differs (k3->k5, k3->k7,
-    k5->k7, ...) are interpolated. Raises if a target key is missing from the source or shapes differ
-    otherwise. Returns ``target``.
+    k5->k7, ...) are interpolated. UpKern grows kernels: a target kernel smaller than the source's (k7->k3)
+    raises ValueError unless ``allow_shrink=True``, which interpolates it down the same way. Raises if a
+    target key is missing from the source or shapes differ otherwise; ``target`` is unchanged when it
+    raises. Returns ``target``.
     """
     state = _source_state_dict(source)
     target_state = target.state_dict()
@@ -48,15 +50,26 @@ def upkern(target: nn.Module, source) -> nn.Module:
         shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
         raise KeyError(f"upkern: {len(missing)} target key(s) missing from the source: {shown}. "
                        "Were both models built with the same deep_supervision / variant?")
-    new_state = {}
+    new_state, shrunk = {}, []
     for key, dest in target_state.items():
         src = state[key]
         if src.shape == dest.shape:
             new_state[key] = src
         elif src.dim() == dest.dim() >= 3 and src.shape[:2] == dest.shape[:2]:
+            if any(d < s for d, s in zip(dest.shape[2:], src.shape[2:])):
+                shrunk.append(f"{key} {_kernel(src)} -> {_kernel(dest)}")
             new_state[key] = resize_kernel(src, dest.shape[2:])
         else:
             raise ValueError(f"upkern: {key} has shape {tuple(src.shape)} in the source but "
                              f"{tuple(dest.shape)} in the target; only kernel sizes may differ")
+    if shrunk and not allow_shrink:
+        shown = ", ".join(shrunk[:3]) + (f" (and {len(shrunk) - 3} more)" if len(shrunk) > 3 else "")
+        raise ValueError(f"upkern: {len(shrunk)} target kernel(s) are smaller than the source's ({shown}); "
+                         "UpKern initialises a larger kernel from a smaller one. Build the target with kernels "
+                         "at least as large, or pass allow_shrink=True to interpolate them down")
     target.load_state_dict(new_state, strict=True)
     return target
+
+
+def _kernel(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape[2:]))

@@ -83,3 +83,28 @@ def test_upkern_rejects_bad_sources(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:500])
     with pytest.raises(ValueError, match="truncated.pt"):
         mf.upkern(tiny_mednext(), str(truncated))
+
+
+def test_upkern_to_a_smaller_kernel_is_refused_and_leaves_the_target_unchanged():
+    source, target = tiny_mednext(kernel_size=7), tiny_mednext(kernel_size=3)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    expected = (r"upkern: 17 target kernel\(s\) are smaller than the source's \(enc_block_0.0.conv1.weight "
+                r"7x7x7 -> 3x3x3.*allow_shrink=True")
+    with pytest.raises(ValueError, match=expected):
+        mf.upkern(target, source)
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+
+
+def test_upkern_mixed_grow_and_shrink_is_refused():
+    source = tiny_mednext(kernel_size=None, enc_kernel_size=3, dec_kernel_size=7)
+    target = tiny_mednext(kernel_size=None, enc_kernel_size=5, dec_kernel_size=5)
+    with pytest.raises(ValueError, match=r"9 target kernel\(s\) are smaller.*bottleneck.0.conv1.weight 7x7x7"):
+        mf.upkern(target, source)
+
+
+def test_upkern_allow_shrink_interpolates_down():
+    source, target = tiny_mednext(kernel_size=7), tiny_mednext(kernel_size=3)
+    mf.upkern(target, source, allow_shrink=True)
+    expected = F.interpolate(source.up_0.conv1.weight, size=(3, 3, 3), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(target.up_0.conv1.weight, expected, rtol=0, atol=0)
+    assert torch.equal(target.stem.weight, source.stem.weight)
