@@ -12,8 +12,11 @@ each case and setting (device, ISA, threads, note) only the latest run that meas
 
 Grid cells: median (speed-up vs the baseline column; peak extra memory; share of the peak named in the
 CSV). Speed-up = baseline median / this median, memory = this peak / the baseline's, always between rows
-of the same run and case, never across runs. The train suite adds an epoch estimate (250 iterations of
-batch 2, as in the paper's Table 3) beside the paper's own seconds per epoch.
+of the same run and case, never across runs. "vs best baseline": each of our columns (triton, cpp and
+their variants such as triton_compile) against the fastest column of the same run and case that is not
+ours (eager, eager_cudnn, eager_cl3d, compile, monai, onnxruntime, openvino, ...). The train suite adds
+an epoch estimate (250 iterations of batch 2, as in the paper's Table 3) beside the paper's own seconds
+per epoch.
 
 --update regenerates every table between a `<!-- results: OPTIONS -->` line and the next
 `<!-- /results -->` line of the named markdown files; OPTIONS are this command's options without the
@@ -42,7 +45,8 @@ MIN_MEMORY_BYTES = 64 * 2 ** 20
 PART_COLUMNS = ("triton_dw", "triton_mlp")  # bench_block_gpu: one op of the block alone
 SERIES_KEYS = ("device", "device_name", "isa", "threads", "note")  # a setting whose latest run is shown
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLUMN_ORDER = ("eager", "eager_cl3d", "compile", "monai", "triton", "triton_cl", "triton_dw", "triton_mlp", "cpp",
+COLUMN_ORDER = ("eager", "eager_cudnn", "eager_cl3d", "eager_cl3d_cudnn", "compile", "monai", "onnxruntime",
+                "openvino", "triton", "triton_compile", "triton_cl", "triton_dw", "triton_mlp", "cpp",
                 "cpp_out", "cpp_ncdhw", "cpp_gemm", "cpp_bf16", "loader")
 
 
@@ -68,6 +72,36 @@ def ratios(rows: list, baseline: str = "eager") -> dict:
             memory = row["peak_extra_bytes"] / ref["peak_extra_bytes"]
         out[id(row)] = (ref["median_ms"] / row["median_ms"], memory)
     return out
+
+
+OURS_PREFIXES = ("triton", "cpp")  # our columns (and their variants: triton_compile, cpp_out, ...)
+NOT_BASELINES = PART_COLUMNS + ("loader",)
+
+
+def is_ours(column: str) -> bool:
+    return (column or "").split("_")[0] in OURS_PREFIXES
+
+
+def best_baselines(rows: list) -> dict:
+    """id(row) -> (speed-up, baseline column) for each of our measured rows against the fastest baseline
+    (every measured column that is not ours) of the same run and case."""
+    fastest = {}
+    for row in rows:
+        if measured(row) and row["median_ms"] and not is_ours(row["column"]) and row["column"] not in NOT_BASELINES:
+            key = (row.get("run"), case_of(row))
+            if key not in fastest or row["median_ms"] < fastest[key]["median_ms"]:
+                fastest[key] = row
+    out = {}
+    for row in rows:
+        ref = fastest.get((row.get("run"), case_of(row)))
+        if ref is not None and measured(row) and row["median_ms"] and is_ours(row["column"]) \
+                and row["column"] not in PART_COLUMNS:
+            out[id(row)] = (ref["median_ms"] / row["median_ms"], ref["column"])
+    return out
+
+
+def fmt_best(best) -> str:
+    return f"{best[0]:.2f}x vs {best[1]}" if best else ""
 
 
 def _matches(value, patterns: list) -> bool:
@@ -184,7 +218,8 @@ def _cell(row: dict | None, ratio) -> str:
     if row.get("peak_extra_bytes") is not None:
         notes.append(fmt_bytes(row["peak_extra_bytes"]))
     if row.get("pct_of_peak") is not None:
-        notes.append(f"{row['pct_of_peak']:.0f} % of peak")
+        bound = (row.get("extra") or {}).get("peak") == "roofline bound"
+        notes.append(f"{row['pct_of_peak']:.0f} % of {'bound' if bound else 'peak'}")
     return fmt_time(row["median_ms"]) + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -196,9 +231,11 @@ def _epoch_cell(cells: dict) -> str:
     return ", ".join(estimates) + (f" (paper {paper})" if paper else "")
 
 
-def grid(rows: list, columns: list | None = None, baseline: str = "eager") -> str:
-    """One table per suite: a line per case (and run), a cell per column."""
+def grid(rows: list, columns: list | None = None, baseline: str = "eager", pool: list | None = None) -> str:
+    """One table per suite: a line per case (and run), a cell per column, and our columns against the
+    fastest baseline of the case (looked up among ``pool``, default ``rows``)."""
     rat = ratios(rows, baseline)
+    best = best_baselines(pool if pool is not None else rows)
     lines = []
     source_lines, numbers = _sources(rows)
     by_suite = defaultdict(lambda: defaultdict(dict))
@@ -207,6 +244,8 @@ def grid(rows: list, columns: list | None = None, baseline: str = "eager") -> st
     for suite, cases in by_suite.items():
         used = ordered_columns([r for cells in cases.values() for r in cells.values()], columns)
         extra = ["est. epoch s (paper)"] if suite == "train" else []
+        with_best = any(id(r) in best for cells in cases.values() for r in cells.values())
+        extra += ["vs best baseline"] if with_best else []
         src = ["src"] if len(numbers) > 1 else []
         lines += [f"{suite}:", "", "| case | " + " | ".join(used + extra + src) + " |",
                   "|---" * (len(used) + len(extra) + len(src) + 1) + "|"]
@@ -214,6 +253,9 @@ def grid(rows: list, columns: list | None = None, baseline: str = "eager") -> st
             out = [fmt_case(case)] + [_cell(cells.get(c), rat.get(id(cells.get(c)))) for c in used]
             if suite == "train":
                 out.append(_epoch_cell(cells))
+            if with_best:
+                out.append("; ".join(f"{c} {fmt_best(best[id(cells[c])])}" for c in used
+                                     if c in cells and id(cells[c]) in best))
             if src:
                 out.append(f"[{numbers[run]}]")
             lines.append("| " + " | ".join(out) + " |")
@@ -221,15 +263,17 @@ def grid(rows: list, columns: list | None = None, baseline: str = "eager") -> st
     return "\n".join(lines + source_lines)
 
 
-def pairs(rows: list, columns: list | None = None, baseline: str = "eager", show_memory: bool = True) -> str:
+def pairs(rows: list, columns: list | None = None, baseline: str = "eager", show_memory: bool = True,
+          pool: list | None = None) -> str:
     """One line per case and compared column: baseline time, its time, speed-up and memory ratio (left
     blank where the baseline's peak is under MIN_MEMORY_BYTES, and n/a where the allocator kept freed
     memory: the CPU high-water mark then misses reused memory)."""
     rat = ratios(rows, baseline)
+    best = best_baselines(pool if pool is not None else rows)
     source_lines, numbers = _sources(rows)
     base = {(r["run"], case_of(r)): r for r in rows if r["column"] == baseline and measured(r)}
     lines = ["| device | case | column | " + f"{baseline} | time | speed-up vs {baseline} | "
-             f"peak memory vs {baseline} | src |", "|---" * 8 + "|"]
+             f"peak memory vs {baseline} | vs best baseline | src |", "|---" * 9 + "|"]
     compared = [r for r in rows if r["column"] != baseline and measured(r) and id(r) in rat
                 and (not columns or r["column"] in columns)]
     order = {c: i for i, c in enumerate(columns or COLUMN_ORDER)}
@@ -245,7 +289,7 @@ def pairs(rows: list, columns: list | None = None, baseline: str = "eager", show
             mem = f"{memory:.2f} ({fmt_bytes(ref['peak_extra_bytes'])} -> {fmt_bytes(row['peak_extra_bytes'])})"
         lines.append(f"| {row['device_name']} ({row['isa']}) | {fmt_case(case_of(row))} | "
                      f"{row['column']} | {fmt_time(ref['median_ms'])} | {fmt_time(row['median_ms'])} | "
-                     f"{speed:.2f}x | {mem} | [{numbers[row['run']]}] |")
+                     f"{speed:.2f}x | {mem} | {fmt_best(best.get(id(row)))} | [{numbers[row['run']]}] |")
     return "\n".join(lines + [""] + source_lines)
 
 
@@ -284,9 +328,9 @@ def table(rows: list, options: dict) -> str:
         chosen = latest(chosen, baseline, columns)
     if not chosen:
         return "(no rows match)"
-    if fmt == "pairs":
-        return pairs(chosen, columns, baseline, show_memory)
-    return grid(chosen, columns, baseline)
+    if fmt == "pairs":  # "vs best baseline" looks at every column of the run and case, shown or not
+        return pairs(chosen, columns, baseline, show_memory, pool=rows)
+    return grid(chosen, columns, baseline, pool=rows)
 
 
 MARKER = re.compile(r"^<!-- results:(?P<spec>.*?)-->\n.*?^<!-- /results -->$", re.M | re.S)

@@ -204,3 +204,21 @@ def test_cpp_op_benchmark_reports_share_of_measured_peak(tmp_path, capsys):
     assert all(r["suite"] == "cpp_ops" and r["channels"] == 16 and r["size"] == 8 and r["threads"] == 1 for r in rows)
     cpp_row = next(r for r in conv if r["column"] == "cpp")
     assert cpp_row["pct_of_peak"] > 0 and cpp_row["extra"]["peak"] == "measured FMA peak"
+
+
+def test_vs_best_baseline_takes_the_fastest_non_ours_column_of_the_same_run_and_case():
+    rows = [_row("r1", "eager", 2000.0), _row("r1", "onnxruntime", 700.0), _row("r1", "openvino", 600.0),
+            _row("r1", "cpp", 500.0), _row("r1", "cpp_out", 400.0),
+            _row("r1", "eager", 900.0, kernel=5), _row("r1", "cpp", 300.0, kernel=5),  # only eager in k5
+            _row("r2", "openvino", 100.0), _row("r2", "cpp", 50.0, kernel=5),  # r2: no baseline of k5
+            _row("r1", "triton_dw", 10.0), _row("r1", "monai", None, skipped="error: oom")]
+    best = report.best_baselines(rows)
+    assert best[id(rows[3])] == (pytest.approx(1.2), "openvino")
+    assert best[id(rows[4])] == (pytest.approx(1.5), "openvino")
+    assert best[id(rows[6])] == (pytest.approx(3.0), "eager")
+    assert id(rows[8]) not in best and id(rows[9]) not in best and id(rows[1]) not in best
+    assert report.is_ours("triton_compile") and not report.is_ours("eager_cl3d_cudnn")
+    text = report.table(rows, dict(format="pairs", columns="cpp"))
+    assert "| 4.00x |" in text and "| 1.20x vs openvino |" in text  # the best is found among hidden columns
+    grid = report.grid([r for r in rows if r["run"] == "r1"])
+    assert "vs best baseline" in grid and "cpp 1.20x vs openvino; cpp_out 1.50x vs openvino" in grid
