@@ -1,14 +1,22 @@
 """What the benchmark compares: implementations ("columns") of a model, a block or an op, built alike.
 
-Columns, the first being the baseline of every ratio:
-  eager       our PyTorch reference (backend='torch'), NCDHW
-  eager_cl3d  the same with model and input in channels_last_3d
-  compile     torch.compile of the reference
+Columns, the first being the baseline of every "speed-up vs eager":
+  eager       our PyTorch reference (backend='torch', the official topology), NCDHW
+  eager_cudnn the same with torch.backends.cudnn.benchmark=True (as nnU-Net and the official trainer run)
+  eager_cl3d  the reference with model and input in channels_last_3d
+  eager_cl3d_cudnn  the same with cudnn.benchmark=True
+  compile     torch.compile(fullgraph=True) of the reference (forward, or the whole train step's model);
+              its compile time is the first call (first_call_s), apart from the timed runs
   monai       MONAI's MedNeXt (where installed)
   onnxruntime the reference exported once per case with torch.onnx.export, run by ONNX Runtime (CPU)
   openvino    the same ONNX file compiled by OpenVINO (CPU, fp32)
   triton      our fused Triton backend (CUDA)
+  triton_compile  the triton backend under torch.compile(fullgraph=True)
   cpp         our fused C++ backend (CPU inference)
+
+On CUDA every column except eager and eager_cl3d runs with cudnn.benchmark=True (set around each call,
+so interleaved columns do not leak it to each other); eager and eager_cl3d keep PyTorch's default
+(False), the baseline of the earlier runs.
 
 Every column but ours (OURS) is a baseline; "vs best baseline" is our time against the fastest of them
 in the same run and case (benchmarks.report). The ONNX columns need the optional extra `[bench]`; where a
@@ -27,13 +35,16 @@ import torch
 import mednext_fast as mf
 from mednext_fast import backends, ops
 
-COLUMNS = ("eager", "eager_cl3d", "compile", "monai", "onnxruntime", "openvino", "triton", "cpp")
+COLUMNS = ("eager", "eager_cudnn", "eager_cl3d", "eager_cl3d_cudnn", "compile", "monai", "onnxruntime", "openvino",
+           "triton", "triton_compile", "cpp")
+CUDNN_DEFAULT = ("eager", "eager_cl3d")  # columns left at cudnn.benchmark=False on CUDA
 OURS = ("triton", "cpp", "triton_compile", "cpp_compile")  # every other column is a baseline
 ONNX_COLUMNS = ("onnxruntime", "openvino")
 # Columns that make sense per suite (MONAI and channels_last are whole-model/block choices; the ONNX
 # runtimes run the whole model's forward).
 SUITE_COLUMNS = {"ops": ("eager", "compile", "triton", "cpp"),
-                 "blocks": ("eager", "eager_cl3d", "compile", "triton", "cpp"),
+                 "blocks": ("eager", "eager_cudnn", "eager_cl3d", "eager_cl3d_cudnn", "compile", "triton",
+                            "triton_compile", "cpp"),
                  "model": COLUMNS, "train": tuple(c for c in COLUMNS if c not in ONNX_COLUMNS)}
 # Largest relative error (max |diff| / max |eager|) an exported model may show before it is timed.
 ONNX_MAX_REL_ERR = 1e-4
@@ -53,6 +64,8 @@ def autocast(device: str, dtype: str):
 
 
 def check_column(column: str, device: str, training: bool) -> None:
+    if column.endswith("_cudnn") and device != "cuda":
+        raise Skip("cudnn.benchmark is a CUDA setting")
     if column in ONNX_COLUMNS:
         if device != "cpu":
             raise Skip(f"{column} is a CPU baseline here")
@@ -68,7 +81,7 @@ def check_column(column: str, device: str, training: bool) -> None:
             import monai.networks.nets.mednext  # noqa: F401
         except ImportError:
             raise Skip("monai is not installed")
-    if column == "triton":
+    if column in ("triton", "triton_compile"):
         if device != "cuda":
             raise Skip("Triton kernels run on CUDA only")
         if not backends.is_available("triton"):
@@ -85,12 +98,29 @@ def check_column(column: str, device: str, training: bool) -> None:
 def _to_device(module, x, column, device):
     module = module.to(device)
     x = x.to(device)
-    if column == "eager_cl3d":
+    if column.startswith("eager_cl3d"):
         module = module.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    if column == "compile":
-        module = torch.compile(module)
+    if column in ("compile", "triton_compile"):
+        module = torch.compile(module, fullgraph=True)
     return module, x
+
+
+def with_cudnn_setting(fn, column: str, device: str):
+    """fn run with this column's cudnn.benchmark (see the module docstring); the previous value restored."""
+    if device != "cuda":
+        return fn
+    wanted = column not in CUDNN_DEFAULT
+
+    def run():
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = wanted
+        try:
+            fn()
+        finally:
+            torch.backends.cudnn.benchmark = before
+    run.extra = dict(getattr(fn, "extra", None) or {}, cudnn_benchmark=wanted)
+    return run
 
 
 def build_model(column: str, variant: str, kernel: int, device: str, checkpointing: bool, batch: int, size: int):
@@ -104,7 +134,7 @@ def build_model(column: str, variant: str, kernel: int, device: str, checkpointi
         model = create_mednext(variant, spatial_dims=3, in_channels=1, out_channels=N_CLASSES,
                                kernel_size=kernel, deep_supervision=True)
     else:
-        backend = column if column in ("triton", "cpp") else "torch"
+        backend = {"triton_compile": "triton"}.get(column, column if column in ("triton", "cpp") else "torch")
         model = mf.create_mednext(variant, 1, N_CLASSES, kernel_size=kernel, deep_supervision=True,
                                   checkpoint_style="outside_block" if checkpointing else None, backend=backend)
     x = torch.randn(batch, 1, size, size, size, generator=torch.Generator().manual_seed(1))
@@ -230,7 +260,7 @@ def build_block(column: str, channels: int, ratio: int, kernel: int, device: str
                 training: bool):
     check_column(column, device, training)
     block = mf.MedNeXtBlock(channels, channels, ratio, kernel, do_res=True)
-    block.backend = column if column in ("triton", "cpp") else "torch"
+    block.backend = {"triton_compile": "triton"}.get(column, column if column in ("triton", "cpp") else "torch")
     x = torch.randn(batch, channels, size, size, size)
     return _to_device(block, x, column, device)
 
@@ -245,15 +275,6 @@ def block_fn(block, x, device, dtype, training):
             out = block(x)
         out.float().sum().backward()
     return run
-
-
-def op_cost(op: str, channels: int, ratio: int, kernel: int, batch: int, size: int, elt_bytes: int):
-    """(FLOPs, minimum bytes moved) of one op call, for the roofline columns."""
-    voxels = batch * size ** 3
-    if op == "dwconv_stats":
-        return 2 * kernel ** 3 * channels * voxels, 2 * channels * voxels * elt_bytes
-    hidden = ratio * channels
-    return 4 * channels * hidden * voxels, 3 * channels * voxels * elt_bytes  # y, residual in; out
 
 
 def build_op(column: str, op: str, channels: int, ratio: int, kernel: int, device: str, batch: int,

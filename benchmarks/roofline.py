@@ -192,7 +192,8 @@ def _config(variant: str):
     return ratios, list(config["block_counts"])
 
 
-def _block(kernels, where, level, c, ratio, voxels, kernel, dtype, train):
+def block_kernels(kernels, where, level, c, ratio, voxels, kernel, dtype, train):
+    """Append one stage block's kernels (forward; with ``train`` also its three backward passes)."""
     kernels.append(dwconv_stats(c, voxels, voxels, kernel, dtype, "fwd", where=where, level=level))
     kernels.append(norm_mlp(c, c, ratio, voxels, dtype, "fwd", where=where, level=level))
     if train:
@@ -224,7 +225,7 @@ def model_kernels(variant: str, kernel: int, batch: int = 2, size: int = 128, dt
     ks.append(pointwise("stem fwd", in_channels, widths[0], vox[0], vox[0], dtype, "stem", 0, in_bytes=4))
     for i in range(4):
         for b in range(counts[i]):
-            _block(ks, f"enc_block_{i}.{b}", i, widths[i], ratios[i], vox[i], kernel, dtype, train)
+            block_kernels(ks, f"enc_block_{i}.{b}", i, widths[i], ratios[i], vox[i], kernel, dtype, train)
         c, c2, r = widths[i], widths[i + 1], ratios[i + 1]
         where = f"down_{i}"
         ks.append(pointwise("res_conv fwd", c, c2, vox[i + 1], vox[i + 1], dtype, where, i))
@@ -239,7 +240,7 @@ def model_kernels(variant: str, kernel: int, batch: int = 2, size: int = 128, dt
             # the encoder stage's output gradient: the skip's plus the down block's (read 2, write 1)
             ks.append(Kernel("grad sum", f"skip_{i}", i, 3 * e * c * vox[i]))
     for b in range(counts[4]):
-        _block(ks, f"bottleneck.{b}", 4, widths[4], ratios[4], vox[4], kernel, dtype, train)
+        block_kernels(ks, f"bottleneck.{b}", 4, widths[4], ratios[4], vox[4], kernel, dtype, train)
     heads = [(4, widths[4])]
     for i in reversed(range(4)):
         c2, c, r = widths[i + 1], widths[i], ratios[8 - i]
@@ -262,7 +263,7 @@ def model_kernels(variant: str, kernel: int, batch: int = 2, size: int = 128, dt
                                    level=i))
             ks.append(dwconv_stats(c2, vox[i + 1], vox[i], kernel, dtype, "wgrad", where=where, level=i))
         for b in range(counts[8 - i]):
-            _block(ks, f"dec_block_{i}.{b}", i, c, r, vox[i], kernel, dtype, train)
+            block_kernels(ks, f"dec_block_{i}.{b}", i, c, r, vox[i], kernel, dtype, train)
         heads.append((i, c))
     for level, c in heads if train else heads[-1:]:
         v = vox[level]

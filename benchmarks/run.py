@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from benchmarks import cases, device_info, measure, report, store
+from benchmarks import cases, device_info, measure, report, roofline, store
 from mednext_fast.configs import VARIANTS, variant_config
 
 SUITES = ("ops", "blocks", "model", "train")
@@ -111,6 +111,10 @@ def grid(args):
 
 
 def build(suite, case, extra, column, args):
+    return cases.with_cudnn_setting(_build(suite, case, extra, column, args), column, args.device)
+
+
+def _build(suite, case, extra, column, args):
     device, dtype = args.device, args.dtype
     if suite == "ops":
         return cases.build_op(column, case["op"], extra["channels"], extra["ratio"], case["kernel"] or 3,
@@ -158,20 +162,45 @@ def measure_case(suite, case, extra, case_rows, args) -> None:
                                      peak_extra_bytes=result["peak_extra_bytes"], peak_bytes=result["peak_bytes"])
 
 
+def _device(info) -> roofline.Device:
+    peaks = info["peaks"]
+    tensor = peaks.get("bf16_gflops")
+    return roofline.Device(peaks.get("name") or info["name"], peaks["gbps"], peaks["fp32_gflops"] / 1e3,
+                           tensor / 1e3 if tensor else None, source=peaks["source"])
+
+
+def bound_kernels(suite, case, extra, args) -> list:
+    """The roofline kernels of a cell (benchmarks.roofline): the op, the block or the whole model."""
+    dtype = args.dtype if args.device == "cuda" else "fp32"
+    if suite == "ops":
+        c, v = extra["channels"], args.batch * extra["size"] ** 3
+        if case["op"] == "dwconv_stats":
+            return [roofline.dwconv_stats(c, v, v, case["kernel"] or 3, dtype, "fwd")]
+        return [roofline.norm_mlp(c, c, extra["ratio"], v, dtype, "fwd")]
+    if suite == "blocks":
+        kernels = []
+        roofline.block_kernels(kernels, "block", case["level"], extra["channels"], extra["ratio"],
+                               args.batch * extra["size"] ** 3, case["kernel"], dtype, case["mode"] == "fwd+bwd")
+        return kernels
+    return roofline.model_kernels(case["variant"], case["kernel"], args.batch, args.size, dtype,
+                                  "train" if suite == "train" else "fwd", n_classes=cases.N_CLASSES)
+
+
 def annotate(row, suite, case, extra, args, info):
-    """Derived columns of the ops suite: achieved rates and the share of the roofline bound."""
-    if suite == "ops" and row.get("median_ms"):
-        elt = 2 if args.dtype != "fp32" and args.device == "cuda" else 4
-        flops, nbytes = cases.op_cost(case["op"], extra["channels"], extra["ratio"], case["kernel"] or 3,
-                                      args.batch, extra["size"], elt)
-        peaks = info["peaks"]
-        tensor_core = case["op"] == "norm_mlp" and elt == 2 and peaks.get("bf16_gflops")
-        flop_peak = peaks["bf16_gflops"] if tensor_core else peaks["fp32_gflops"]
-        seconds = row["median_ms"] / 1e3
-        row.update(gflops=flops / seconds / 1e9, gbps=nbytes / seconds / 1e9,
-                   pct_of_peak=100 * max(nbytes / 1e9 / peaks["gbps"], flops / 1e9 / flop_peak) / seconds,
-                   extra=dict(peak="roofline", peak_source=peaks["source"], peak_gbps=round(peaks["gbps"], 1),
-                              peak_gflops=round(flop_peak, 1)))
+    """Achieved rates and the share of the roofline bound (benchmarks.roofline): every cell of the ops
+    suite, and on CUDA every cell (the bound of a train step assumes no gradient checkpointing)."""
+    if not row.get("median_ms") or not (suite == "ops" or args.device == "cuda"):
+        return
+    device = _device(info)
+    kernels = bound_kernels(suite, case, extra, args)
+    seconds, bound = row["median_ms"] / 1e3, roofline.bound_s(kernels, device)
+    flops = sum(2 * k.core_ops + k.tensor_flops for k in kernels)
+    nbytes = sum(k.bytes for k in kernels)
+    row.update(gflops=flops / seconds / 1e9, gbps=nbytes / seconds / 1e9, pct_of_peak=100 * bound / seconds,
+               extra=dict(row.get("extra") or {}, peak="roofline bound", bound_ms=round(bound * 1e3, 4),
+                          peak_source=device.source, peak_gbps=round(device.gbps, 1),
+                          peak_fp32_gflops=round(device.fp32_tflops * 1e3, 1),
+                          peak_tensor_gflops=round(device.tensor_tflops * 1e3, 1) if device.tensor_tflops else None))
 
 
 def case_row(env, suite, case, extra, column, args) -> dict:
@@ -193,7 +222,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = device_info.describe(args.device, with_peaks="ops" in args.suite)
+    info = device_info.describe(args.device, with_peaks="ops" in args.suite or args.device == "cuda")
     env = device_info.row_environment(args.device, device_info.command_line("benchmarks.run", argv), info, args.note)
     groups = [(s, c, e, [col for col in args.columns if col in cases.SUITE_COLUMNS[s]]) for s, c, e in grid(args)]
     print(f"{sum(len(g[3]) for g in groups)} cells in {len(groups)} cases on {info['name']} ({args.device}, "

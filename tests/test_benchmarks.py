@@ -35,7 +35,7 @@ def test_tiny_cpu_grid_appends_rows_and_a_second_run_appends_more(tmp_path, caps
     assert all(r["command"].startswith("python -m benchmarks.run --device cpu") for r in rows)
     assert len({r["run"] for r in rows}) == 1
     assert not any(r["column"] == "monai" and r["median_ms"] is None for r in rows)  # skipped cells are not written
-    assert any(r["suite"] == "ops" and r["pct_of_peak"] > 0 and r["extra"]["peak"] == "roofline" for r in eager)
+    assert any(r["suite"] == "ops" and r["pct_of_peak"] > 0 and r["extra"]["peak"] == "roofline bound" for r in eager)
     train = next(r for r in eager if r["suite"] == "train")
     assert train["checkpointing"] == "off" and train["mode"] == "train"
     printed = capsys.readouterr().out
@@ -222,3 +222,36 @@ def test_vs_best_baseline_takes_the_fastest_non_ours_column_of_the_same_run_and_
     assert "| 4.00x |" in text and "| 1.20x vs openvino |" in text  # the best is found among hidden columns
     grid = report.grid([r for r in rows if r["run"] == "r1"])
     assert "vs best baseline" in grid and "cpp 1.20x vs openvino; cpp_out 1.50x vs openvino" in grid
+
+
+def test_gpu_cells_report_the_share_of_their_roofline_bound():
+    from benchmarks import roofline
+    args = bench_run.parse_args(["--device", "cpu", "--suite", "train", "--variants", "S", "--kernels", "5"])
+    args.device, args.dtype, args.size, args.batch = "cuda", "bf16", 128, 2
+    info = dict(name="NVIDIA H200", peaks=device_info.peaks("cuda", "NVIDIA H200"))
+    case = dict(variant="S", kernel=5, mode="train", checkpointing=False)
+    row = dict(median_ms=200.0)
+    bench_run.annotate(row, "train", case, {}, args, info)
+    bound = roofline.bound_s(roofline.model_kernels("S", 5, 2, 128, "bf16", "train"), roofline.gpu("H200"))
+    assert row["pct_of_peak"] == pytest.approx(100 * bound / 0.2) and row["extra"]["peak"] == "roofline bound"
+    assert row["extra"]["bound_ms"] == pytest.approx(bound * 1e3, rel=1e-3) and row["extra"]["peak_gbps"] == 4800
+    block = dict(median_ms=1.0)
+    bench_run.annotate(block, "blocks", dict(level=0, kernel=3, mode="fwd+bwd"), dict(channels=32, ratio=2, size=128),
+                       args, info)
+    assert 0 < block["pct_of_peak"] < 100
+    cpu_args = bench_run.parse_args(["--device", "cpu"])
+    untouched = dict(median_ms=5.0)
+    bench_run.annotate(untouched, "model", dict(variant="S", kernel=3), {}, cpu_args, info)
+    assert "pct_of_peak" not in untouched  # CPU cells: only the ops suite has a bound
+
+
+def test_cudnn_benchmark_is_set_per_column_around_each_call():
+    from benchmarks import cases
+    seen = []
+    before = torch.backends.cudnn.benchmark
+    for column in ("eager", "eager_cudnn", "compile", "eager_cl3d"):
+        cases.with_cudnn_setting(lambda: seen.append(torch.backends.cudnn.benchmark), column, "cuda")()
+    assert seen == [False, True, True, False] and torch.backends.cudnn.benchmark == before
+    assert cases.with_cudnn_setting(print, "eager_cudnn", "cpu") is print
+    with pytest.raises(cases.Skip):
+        cases.check_column("eager_cudnn", "cpu", training=False)
