@@ -76,6 +76,9 @@ def ratios(rows: list, baseline: str = "eager") -> dict:
 
 OURS_PREFIXES = ("triton", "cpp")  # our columns (and their variants: triton_compile, cpp_out, ...)
 NOT_BASELINES = PART_COLUMNS + ("loader",)
+# Suites whose grids get the "vs best baseline" column (the op micro-benchmarks compare parts, not what a
+# user would run); the pairs format always has it.
+BEST_SUITES = ("model", "train", "blocks")
 
 
 def is_ours(column: str) -> bool:
@@ -215,6 +218,8 @@ def _cell(row: dict | None, ratio) -> str:
     notes = []
     if ratio is not None and row["column"] != "eager":
         notes.append(f"{ratio[0]:.2f}x")
+    if "compile" in row["column"] and row.get("first_call_s") is not None:
+        notes.append(f"compile {row['first_call_s']:.0f} s")
     if row.get("peak_extra_bytes") is not None:
         notes.append(fmt_bytes(row["peak_extra_bytes"]))
     if row.get("pct_of_peak") is not None:
@@ -244,7 +249,7 @@ def grid(rows: list, columns: list | None = None, baseline: str = "eager", pool:
     for suite, cases in by_suite.items():
         used = ordered_columns([r for cells in cases.values() for r in cells.values()], columns)
         extra = ["est. epoch s (paper)"] if suite == "train" else []
-        with_best = any(id(r) in best for cells in cases.values() for r in cells.values())
+        with_best = suite in BEST_SUITES and any(id(r) in best for cells in cases.values() for r in cells.values())
         extra += ["vs best baseline"] if with_best else []
         src = ["src"] if len(numbers) > 1 else []
         lines += [f"{suite}:", "", "| case | " + " | ".join(used + extra + src) + " |",
