@@ -67,6 +67,8 @@ def _check_trainable_size(model, x: torch.Tensor) -> None:
     bottleneck = [n // DIVISOR for n in x.shape[2:]]
     if math.prod(bottleneck) >= 2 or not backends.needs_grad(model, x):
         return
+    if getattr(model, "backend", "torch") not in ("auto", "torch"):
+        backends.load(model.backend).check_device(x)  # a wrong device is the first thing to fix
     spatial = "x".join(str(n) for n in x.shape[2:])
     smallest = "x".join(["16"] * (len(bottleneck) - 1) + ["32"])
     raise ValueError(f"input spatial size {spatial} is too small to train MedNeXt: its 1/16 bottleneck is "
