@@ -58,15 +58,21 @@ def check_input(model, x: torch.Tensor) -> None:
     _check_trainable_size(model, x)
 
 
+def trainable_size(spatial) -> bool:
+    """True if a patch of spatial size ``spatial`` (sizes divisible by 16) can train a GroupNorm MedNeXt:
+    its 1/16 bottleneck has at least 2 voxels (32 along one axis, e.g. 16x16x32)."""
+    return math.prod(int(n) // DIVISOR for n in spatial) >= 2
+
+
 def _check_trainable_size(model, x: torch.Tensor) -> None:
     """Training needs >= 2 voxels per sample at the 1/16 bottleneck, where GroupNorm (one group per channel)
     takes each channel's statistics over that sample's voxels: over one voxel the variance is 0, the output is
     the norm's bias alone and no gradient passes (PyTorch's GroupNorm also raises there when N == 1)."""
     if not model.training or not isinstance(getattr(model.down_3, "norm", None), nn.GroupNorm):
         return
-    bottleneck = [n // DIVISOR for n in x.shape[2:]]
-    if math.prod(bottleneck) >= 2 or not backends.needs_grad(model, x):
+    if trainable_size(x.shape[2:]) or not backends.needs_grad(model, x):
         return
+    bottleneck = [n // DIVISOR for n in x.shape[2:]]
     if getattr(model, "backend", "torch") not in ("auto", "torch"):
         backends.load(model.backend).check_device(x)  # a wrong device is the first thing to fix
     spatial = "x".join(str(n) for n in x.shape[2:])

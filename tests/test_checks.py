@@ -157,3 +157,9 @@ def test_empty_batch_on_the_triton_interpreter():
     if not backends.is_available("triton"):
         pytest.skip("Triton (or its interpreter) is not available")
     _check_empty_batch("triton", False)
+
+
+def test_trainable_size_helper_matches_the_check():
+    from mednext_fast.checks import trainable_size
+    assert not trainable_size((16, 16, 16)) and not trainable_size((16, 16))
+    assert trainable_size((16, 16, 32)) and trainable_size((32, 16)) and trainable_size((32, 32, 32))
