@@ -20,7 +20,8 @@ def variant_config(variant: str, kernel_size: int = 3) -> dict:
     if key not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
     if kernel_size not in KERNEL_SIZES:
-        raise ValueError(f"kernel_size must be one of {KERNEL_SIZES}, got {kernel_size!r}")
+        raise ValueError(f"kernel_size must be one of {KERNEL_SIZES} (the paper's variants), got {kernel_size!r}; "
+                         "other odd sizes: build MedNeXt(...) directly (above 7 they run on PyTorch only)")
     return dict(n_channels=32, kernel_size=kernel_size, do_res=True, do_res_up_down=True,
                 norm_type="group", dim="3d", grn=False, **VARIANTS[key])
 

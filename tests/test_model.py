@@ -197,3 +197,8 @@ def test_fused_backends_refuse_kernels_above_7_at_construction(backend):
         pytest.skip(f"backend {backend!r} is not available here")
     with pytest.raises(ValueError, match=rf"backend='{backend}' cannot run .*only odd kernel sizes up to 7.*'auto'"):
         tiny_mednext(kernel_size=9, backend=backend)
+
+
+def test_paper_variants_name_their_kernel_sizes_and_the_way_to_others():
+    with pytest.raises(ValueError, match=r"one of \(3, 5, 7\) \(the paper's variants\), got 9; .*MedNeXt"):
+        mf.create_mednext("S", 1, 2, kernel_size=9)
