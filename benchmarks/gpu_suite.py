@@ -2,11 +2,12 @@
 
     python -m benchmarks.gpu_suite OUT_DIR [--csv PATH] [--budget-s 480] [--dry-run]
 
-Every benchmark appends its rows to one results CSV (--csv, default OUT_DIR/results.csv); OUT_DIR also
-gets the test log, a log and a results.md per benchmark, and summary.md (the table printed last). The
-benchmarks run most wanted first (train steps of S/B, then the forward of every variant, ...) so a short
-budget trims the least wanted. Missing pieces (no CUDA, no Triton, no C++ extension, no MONAI) are
-skipped with a line that says so. --dry-run (or no CUDA) only reports what would run and be skipped.
+Every benchmark appends its rows to one results CSV (--csv, default OUT_DIR/results.csv) after every
+case; OUT_DIR also gets the test log, a log and a results.md per benchmark, and summary.md (the table
+printed last). The benchmarks run most wanted first (the ops, the S/B train step with every baseline at
+batch 2 and 1, the S/B forward, then M/L) so a short budget trims the least wanted. Missing pieces (no
+CUDA, no Triton, no C++ extension, no MONAI) are skipped with a line that says so. --dry-run (or no CUDA)
+only reports what would run and be skipped, each step's time slot and an estimate of its cells' time.
 """
 from __future__ import annotations
 
@@ -21,26 +22,33 @@ import time
 
 from benchmarks import report, store
 
-# Run in this order, most wanted first; each gets weight / (weights still to run) of the time left, so
-# time one step leaves unused rolls on to the next. (name, weight, arguments of benchmarks.run)
+# Run in this order, most wanted first (issue 20): the ops, then the S/B train step at batch 2 with every
+# baseline a user would pick in the same run (so "vs best baseline" compares within one run), the same at
+# batch 1, the S/B forward, then M/L; last the block micro-benchmark and checkpointing. Each gets
+# weight / (weights still to run) of the time left, so time a step leaves unused rolls on to the next, and
+# a run stops starting cases at 80 % of its slot (S before B, k3 before k5 before k7).
+# (name, weight, arguments of benchmarks.run)
+ALL_BASELINES = "eager,eager_cudnn,eager_cl3d_cudnn,monai,triton"
+COMPILED = "eager,eager_cudnn,compile,triton,triton_compile"  # compile times (~1 min a case) keep this to k3
 BENCHMARKS = [
-    ("train", 0.25, ["--suite", "train", "--variants", "S,B", "--kernels", "3,5,7", "--checkpointing", "off",
-                     "--columns", "eager,monai,triton"]),
-    ("model", 0.15, ["--suite", "model", "--variants", "S,B,M,L", "--kernels", "3,5,7",
-                     "--columns", "eager,eager_cl3d,monai,triton"]),
-    ("train_ml", 0.15, ["--suite", "train", "--variants", "M,L", "--kernels", "3,5,7", "--checkpointing", "off",
-                        "--columns", "eager,monai,triton"]),
-    ("train_ckpt", 0.08, ["--suite", "train", "--variants", "S,B", "--kernels", "3,5,7", "--checkpointing", "on",
-                          "--columns", "eager,triton"]),
-    ("ops", 0.07, ["--suite", "ops", "--kernels", "3,5,7", "--levels", "0,2,4", "--columns", "eager,triton"]),
-    ("compile", 0.18, ["--suite", "model,train", "--variants", "B", "--kernels", "3,5", "--checkpointing", "off",
-                       "--columns", "eager,compile,triton"]),
+    ("ops", 0.04, ["--suite", "ops", "--kernels", "3,5,7", "--levels", "0,2,4", "--columns", "eager,triton"]),
+    ("train", 0.30, ["--suite", "train", "--variants", "S,B", "--kernels", "3,5,7", "--checkpointing", "off",
+                     "--batch", "2", "--columns", ALL_BASELINES]),
+    ("compile", 0.30, ["--suite", "train,model", "--variants", "S,B", "--kernels", "3", "--checkpointing", "off",
+                       "--batch", "2", "--columns", COMPILED]),
+    ("train_b1", 0.22, ["--suite", "train", "--variants", "S,B", "--kernels", "3,5,7", "--checkpointing", "off",
+                        "--batch", "1", "--columns", ALL_BASELINES]),
+    ("model", 0.16, ["--suite", "model", "--variants", "S,B", "--kernels", "3,5,7", "--batch", "2",
+                     "--columns", ALL_BASELINES]),
+    ("train_ml", 0.12, ["--suite", "train", "--variants", "M,L", "--kernels", "3,5,7", "--checkpointing", "off",
+                        "--batch", "2", "--columns", "eager,eager_cudnn,monai,triton"]),
+    ("train_ckpt", 0.04, ["--suite", "train", "--variants", "S,B", "--kernels", "3,5,7", "--checkpointing", "on",
+                          "--batch", "2", "--columns", "eager,eager_cudnn,triton"]),
 ]
-# The fused-block micro-benchmark (saved-for-backward memory, per-op roofline), its own module; between
-# ops and compile, which is last because its compile times are the least predictable.
-BLOCK_FUSED = ("block_fused", 0.12,
+# The fused-block micro-benchmark (saved-for-backward memory, per-op roofline), its own module; after M/L.
+BLOCK_FUSED = ("block_fused", 0.06,
                ["--quick", "--columns", "triton,triton_cl,eager,eager_cl,triton_dw,triton_mlp"])
-TEST_SHARE = 0.27  # of the whole budget, for the CUDA tests (spread over 8 pytest-xdist workers)
+TEST_SHARE = 0.2  # of the whole budget, for the CUDA tests (spread over 8 pytest-xdist workers)
 TESTS = ["tests/kernels", "tests/test_backends.py", "tests/test_accelerate.py"]
 
 
@@ -117,6 +125,50 @@ def steps() -> list:
     return plan_
 
 
+# Estimates for the dry run, per cell (seconds): a column's median from the latest H200 rows of the
+# results CSV where it was measured, else these factors on the eager median (batch 1: half of batch 2),
+# times (MIN_RUNS timed runs + the warm-up), plus the first call's compile where one is expected.
+MIN_RUNS, BUILD_S = 3, 2.0
+GUESS = {"eager_cudnn": 1.0, "eager_cl3d_cudnn": 2.0, "compile": 0.8, "monai": 1.0, "triton_compile": 0.2}
+COMPILE_S = {("train", "compile"): 90.0, ("train", "triton_compile"): 60.0, ("model", "compile"): 35.0,
+             ("model", "triton_compile"): 25.0}
+DEFAULT_CELL_MS = {"train": 1000.0, "model": 150.0, "ops": 5.0}
+
+
+def _option(cmd: list, name: str, default: str) -> str:
+    return cmd[cmd.index(name) + 1] if name in cmd else default
+
+
+def estimate_s(cmd: list, rows: list) -> float:
+    """Estimated seconds of one benchmarks.run step (see GUESS); 60 s for other modules."""
+    if "benchmarks.run" not in cmd:
+        return 60.0
+    suites = _option(cmd, "--suite", "model").split(",")
+    variants = _option(cmd, "--variants", "S,B,M,L").split(",")
+    kernels = [int(k) for k in _option(cmd, "--kernels", "3,5,7").split(",")]
+    columns = _option(cmd, "--columns", "eager").split(",")
+    batch = int(_option(cmd, "--batch", "2"))
+    levels = len(_option(cmd, "--levels", "0,1,2,3,4").split(","))
+    known = {}
+    for row in rows:  # the latest H200-class CUDA medians at batch 2, 128^3, bf16
+        if row.get("device") == "cuda" and row.get("median_ms") and row.get("batch") == 2 \
+                and row.get("size") in (None, 128) and row.get("dtype") == "bf16" and row.get("suite") != "ops":
+            known[(row["suite"], row.get("variant"), row.get("kernel"), row["column"])] = row["median_ms"]
+    total = 0.0
+    for suite in suites:
+        if suite == "ops":
+            total += len(kernels) * levels * len(columns) * (0.3 + 5 * DEFAULT_CELL_MS["ops"] / 1e3)
+            continue
+        for variant in variants:
+            for kernel in kernels:
+                eager = known.get((suite, variant, kernel, "eager"), DEFAULT_CELL_MS[suite])
+                for column in columns:
+                    ms = known.get((suite, variant, kernel, column), eager * GUESS.get(column, 1.0))
+                    ms *= 0.5 if batch == 1 else 1.0
+                    total += BUILD_S + (MIN_RUNS + 1) * ms / 1e3 + COMPILE_S.get((suite, column), 0.0)
+    return total
+
+
 def summary(csv_path: str) -> str:
     """Every row the suite wrote, a table per suite with the speed-up vs eager of the same run and case."""
     rows = store.read(csv_path)
@@ -140,8 +192,19 @@ def main(argv=None) -> int:
     test_s = TEST_SHARE * args.budget_s
     if args.dry_run or not found["cuda"]:
         print(f"[gpu_suite] would run the CUDA tests for at most {test_s:.0f} s: {' '.join(test_command('python'))}")
-        for name, weight, cmd in steps():
-            print(f"[gpu_suite] would run {name} (weight {weight}): {' '.join(cmd[1:])}")
+        rows = store.read()
+        left, todo, total = args.budget_s - test_s, steps(), test_s
+        while todo:
+            name, weight, cmd = todo.pop(0)
+            slot = (left - 10) * weight / (weight + sum(w for _, w, _ in todo))
+            need = estimate_s(cmd, rows)
+            used = min(need, slot)
+            left -= used
+            total += used
+            print(f"[gpu_suite] would run {name} (weight {weight}, slot {slot:.0f} s, est. {need:.0f} s for all "
+                  f"its cells{'' if need <= slot else ': the later cases are cut'}): {' '.join(cmd[1:])}")
+        print(f"[gpu_suite] estimated wall time {total:.0f} s of the {args.budget_s:.0f} s budget (plus the install "
+              "and Triton compiles of the first calls)")
         return 0
     start = time.time()
     if found["triton"]:
