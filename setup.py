@@ -103,6 +103,7 @@ setup(
         "test": ["pytest", "monai==1.6.1"],
         "triton": ["triton>=3.6"],
         "train": ["nibabel", "scipy", "tqdm", "matplotlib"],
+        "bench": ["onnx==1.23.2", "onnxruntime==1.32.0", "openvino==2026.4.1"],
     },
     entry_points={"console_scripts": ["mednext-train = mednext_fast.train.run:main",
                                       "mednext-predict = mednext_fast.train.predict:main",
