@@ -280,7 +280,7 @@ def block_fn(block, x, device, dtype, training):
 def build_op(column: str, op: str, channels: int, ratio: int, kernel: int, device: str, batch: int,
              size: int, dtype: str):
     check_column(column, device, training=False)
-    impl = ops if column in ("eager", "compile") else backends.load_ops(column)
+    impl = ops if column in ("eager", "compile") else backends.load(column).ops
     fn = getattr(impl, op)
     if column == "compile":
         fn = torch.compile(fn)

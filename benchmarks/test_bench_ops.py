@@ -11,7 +11,7 @@ IMPLS = ["reference"] + [name for name in ("cpp",) if backends.is_available(name
 
 
 def _impl(name):
-    return ops if name == "reference" else backends.load_ops(name)
+    return ops if name == "reference" else backends.load(name).ops
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -78,11 +78,6 @@ def load(name: str) -> Backend:
     return backend
 
 
-def load_ops(name: str):
-    """The ops (``dwconv_stats``, ``norm_mlp``) of the fused backend ``name``."""
-    return load(name).ops
-
-
 def is_available(name: str) -> bool:
     if name == "torch":
         return True
