@@ -8,6 +8,7 @@ import re
 
 import torch.nn as nn
 
+from mednext_fast import backends
 from mednext_fast.checks import DIVISOR, trainable_size
 from mednext_fast.configs import KERNEL_SIZES, VARIANTS, variant_config
 from mednext_fast.model import MedNeXt
@@ -56,7 +57,7 @@ def patch_problem(patch, name: str = "this configuration") -> str | None:
                 "configuration (the plans command adds one: `python -m mednext_fast.nnunet plans -d DATASET`)")
     bad = [p for p in patch if p <= 0 or p % DIVISOR]
     if bad:
-        fixed = [max(DIVISOR, round(p / DIVISOR) * DIVISOR) for p in patch]
+        fixed = [max(DIVISOR, int(p / DIVISOR + 0.5) * DIVISOR) for p in patch]  # nearest, ties up
         return (f"{name} has patch size {'x'.join(map(str, patch))}, not divisible by {DIVISOR} along every axis "
                 f"(MedNeXt down-samples 4 times and adds skips of equal size). Use e.g. "
                 f"{'x'.join(map(str, fixed))}: `python -m mednext_fast.nnunet plans -d DATASET --patch "
@@ -82,6 +83,10 @@ def build(config: dict, in_channels: int, n_classes: int, deep_supervision: bool
     gradient, so DDP finds no parameter that went unused.
     """
     model = MedNeXt(in_channels=in_channels, n_classes=n_classes, deep_supervision=True, backend=backend, **config)
+    # Look the fused backends up now: nnU-Net compiles the network before its first forward, and a first
+    # lookup inside the trace would import modules there (a graph break); afterwards it is a dict read.
+    for name in sorted(set(backends.AUTO.values())):
+        backends.is_available(name)
     set_deep_supervision(model, deep_supervision)
     model.dummy_tensor.requires_grad_(False)
     for head in HEADS:
@@ -94,7 +99,9 @@ def unwrap(module: nn.Module) -> nn.Module:
     while True:
         if isinstance(module, MedNeXt):
             return module
-        inner = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
+        inner = getattr(module, "module", None)  # no `or`: a wrapper's truth value would call len()
+        if inner is None:
+            inner = getattr(module, "_orig_mod", None)
         if inner is None:
             raise TypeError("expected a MedNeXt (possibly wrapped by DDP / torch.compile), "
                             f"got {type(module).__name__}")

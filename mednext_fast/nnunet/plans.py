@@ -104,7 +104,7 @@ def mednext_configuration(plans: dict, fingerprint: dict, source: str = "3d_full
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     median = median_shape(fingerprint, plans["transpose_forward"], target)
     notes = []
-    small = [f"{'xyz'[i]}: {p} > {m:g}" for i, (p, m) in enumerate(zip(patch, median)) if p > m]
+    small = [f"axis {i}: {p} > {m:g}" for i, (p, m) in enumerate(zip(patch, median)) if p > m]
     if small:
         notes.append(f"the patch exceeds the median image size ({', '.join(small)} voxels at this spacing); "
                      "nnU-Net pads such images, which costs time without adding context")
