@@ -57,6 +57,11 @@ def open_dataset(root: str) -> RawDataset:
     return RawDataset(root, meta, dio.validate_dataset(root, read_data=False, meta=meta))
 
 
+def fingerprint(ds: RawDataset, out_dir: str, workers: int = 2, progress: bool = True) -> dict:
+    """The dataset's fingerprint (spacings, shapes after cropping, intensities), cached in ``out_dir``."""
+    return pp.fingerprint_dataset(ds.root, out_dir, workers=workers, progress=progress)
+
+
 def prepare(ds: RawDataset, out_dir: str, patch_size, batch_size: int, target_spacing="1mm", workers: int = 2,
             progress: bool = True) -> dict:
     """Fingerprint, plan and preprocess into ``out_dir`` (cached: unchanged cases are reused); the plans."""
@@ -198,7 +203,7 @@ class _Prefetcher:
 # ---------------------------------------------------------------------------------------------------
 # Datasets by name
 # ---------------------------------------------------------------------------------------------------
-DEFAULT_DATASET = "colin27"  # the pipeline falls back to the synthetic phantoms without mricron-data
+DEFAULT_DATASET = "colin27-brain"  # the pipeline falls back to the synthetic phantoms without mricron-data
 
 
 def resolve_dataset(name: str, workdir: str, log=print) -> str:

@@ -23,7 +23,7 @@ Public API
 ``preprocess_arrays(image, label, spacing, plans) -> (image, seg, props)``  (inference: label=None)
 ``revert_to_original(probabilities (K, *resampled), props, plans) -> label map`` in the original geometry
 ``crop_to_nonzero``, ``normalize``, ``resample_image``, ``resample_seg``, ``new_shape``, ``separate_z_axis``,
-``compute_fingerprint``, ``make_plans``, ``median_target_spacing``
+``fingerprint_dataset``, ``compute_fingerprint``, ``make_plans``, ``median_target_spacing``
 """
 from __future__ import annotations
 
@@ -413,6 +413,27 @@ def _map(fn, arg_list, workers: int, progress: bool, desc: str) -> list:
     return results
 
 
+def fingerprint_dataset(raw_dir: str, out_dir: str, workers: int = 2, force: bool = False,
+                        progress: bool = True) -> dict:
+    """The dataset fingerprint (spacings, shapes, intensities), cached in ``out_dir``/fingerprint.json and
+    recomputed only when an input file (name, size, mtime) or dataset.json changed, or with ``force``."""
+    meta = dio.load_dataset_json(raw_dir)
+    cases = dio.validate_dataset(raw_dir, read_data=False, meta=meta)  # fast header checks for all cases first
+    stats = {c: _file_stats(raw_dir, meta, c) for c in cases}
+    fp_hash = _hash(dict(meta=meta, stats=stats, v=PLANS_VERSION, n=FINGERPRINT_SAMPLES))
+    fp_path = os.path.join(out_dir, "fingerprint.json")
+    if not force and os.path.isfile(fp_path):
+        with open(fp_path) as fh:
+            old = json.load(fh)
+        if old.get("input_hash") == fp_hash:
+            return old
+    fingerprint = compute_fingerprint(raw_dir, meta, cases, workers, progress)  # reads + validates all data
+    fingerprint["input_hash"] = fp_hash
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(fp_path, fingerprint)
+    return fingerprint
+
+
 def prepare_dataset(raw_dir: str, out_dir: str, workers: int = 2, target_spacing="1mm",
                     patch_size=(128, 128, 128), batch_size: int = 2, force: bool = False,
                     progress: bool = True) -> dict:
@@ -422,20 +443,9 @@ def prepare_dataset(raw_dir: str, out_dir: str, workers: int = 2, target_spacing
     and plans are unchanged; ``force`` recomputes everything.
     """
     meta = dio.load_dataset_json(raw_dir)
-    cases = dio.validate_dataset(raw_dir, read_data=False, meta=meta)  # fast header checks for all cases first
+    fingerprint = fingerprint_dataset(raw_dir, out_dir, workers, force, progress)
+    cases = list(fingerprint["cases"])
     stats = {c: _file_stats(raw_dir, meta, c) for c in cases}
-    fp_hash = _hash(dict(meta=meta, stats=stats, v=PLANS_VERSION, n=FINGERPRINT_SAMPLES))
-    fp_path = os.path.join(out_dir, "fingerprint.json")
-    fingerprint = None
-    if not force and os.path.isfile(fp_path):
-        with open(fp_path) as fh:
-            old = json.load(fh)
-        if old.get("input_hash") == fp_hash:
-            fingerprint = old
-    if fingerprint is None:
-        fingerprint = compute_fingerprint(raw_dir, meta, cases, workers, progress)  # reads + validates all data
-        fingerprint["input_hash"] = fp_hash
-        write_json(fp_path, fingerprint)
     plans = make_plans(fingerprint, meta, target_spacing, patch_size, batch_size)
     plans_hash = _hash(plans)
     todo, reused = [], 0

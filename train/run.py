@@ -26,13 +26,14 @@ def train_parser() -> argparse.ArgumentParser:
         prog="mednext-train", formatter_class=HelpFormatter,
         description="Train MedNeXt (paper recipe) with cross-validation, then validate on full volumes. "
                     "With no arguments: a CPU-sized demo on the embedded default dataset (Colin27 brain "
-                    "lobes when mricron-data is installed, else a synthetic task).",
+                    "extraction when mricron-data is installed, else a synthetic task).",
         epilog="Prediction: `mednext-predict -i IN -o OUT -m RUN_DIR` (see `mednext-predict --help`). "
                "Multi-GPU: `torchrun --nproc_per_node N train/run.py ...` (DDP; NCCL on GPUs, gloo on CPU).")
     p.add_argument("--dataset", help="an nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/), an "
-                                     "MSD Task folder (converted), or a built-in name: colin27, synthetic, "
-                                     "synthetic-ct, synthetic-aniso. Default: colin27 when mricron-data is "
-                                     "installed, else synthetic")
+                                     "MSD Task folder (converted), or a built-in name: colin27-brain (brain "
+                                     "extraction, hemisphere split), colin27-head (the same, one whole-head "
+                                     "case), colin27 (lobes), synthetic, synthetic-ct, synthetic-aniso. Default: "
+                                     "colin27-brain when mricron-data is installed, else synthetic")
     p.add_argument("--output", help="run folder (default: runs/<dataset>/<variant>k<kernel>_<preset>, relative to "
                                     "the current folder)")
     p.add_argument("--preset", choices=sorted(PRESETS),
@@ -44,14 +45,21 @@ def train_parser() -> argparse.ArgumentParser:
                    help="folds to train, as in nnU-Net: 0..4 of the 5-fold cross-validation (several: "
                         "--fold 0 1 2 3 4), or 'all' (one model on every case, no held-out validation). "
                         "Default: 0, or 'all' for a one-case dataset")
-    p.add_argument("--epochs", type=int, help="number of epochs (preset)")
+    p.add_argument("--epochs", type=int,
+                   help="number of epochs (paper: 1000; demo: as many as fit --time-budget)")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="training minutes per fold for the demo preset: the epochs that fit at a measured "
+                        "step time (default: the CPU budget's minutes; ignored with --epochs)")
     p.add_argument("--iters-per-epoch", type=int, help="training iterations per epoch (preset)")
     p.add_argument("--val-iters", type=int, help="validation batches per epoch for the pseudo-Dice (preset)")
-    p.add_argument("--batch-size", type=int, help="patches per batch and process (preset)")
-    p.add_argument("--patch-size", type=int, nargs="+", help="patch size, 1 or 3 ints divisible by 16 (preset)")
+    p.add_argument("--batch-size", type=int, help="patches per batch and process (default: planned, >= 2)")
+    p.add_argument("--patch-size", type=int, nargs="+",
+                   help="patch size, 1 or 3 ints divisible by 16 (default: planned from the median shape within "
+                        "the preset's budget)")
     p.add_argument("--target-spacing", nargs="+",
-                   help="resampling target: '1mm' (the paper), 'median' (nnU-Net's rule) or 3 numbers in mm "
-                        "(preset: 1mm; demo: 3 mm for colin27)")
+                   help="resampling target: '1mm' (the paper), 'median' (nnU-Net's rule) or 1 or 3 numbers in mm "
+                        "(default: paper 1mm; demo the median, coarsened to the CPU budget). The chosen plans and "
+                        "why are in the log and plans.json")
     p.add_argument("--preprocessed", help="folder for the preprocessed cache (default: <output>/preprocessed)")
     p.add_argument("--workers", type=int, default=2, help="processes for preprocessing")
     p.add_argument("--lr", type=float, default=PAPER["lr"], help="initial learning rate (AdamW)")

@@ -8,6 +8,7 @@ best checkpoint, as in nnU-Net.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -25,9 +26,11 @@ from mednext_fast.train.device import amp_dtype, pick_device
 from mednext_fast.train.logging_utils import RunLog, progress_bar
 from mednext_fast.train.losses import DeepSupervisionLoss, DiceCELoss, ds_weights
 from mednext_fast.train.predictor import final_validation
-from mednext_fast.train.presets import CPU_SIZED, build_model, resolve_config
+from mednext_fast.train.planning import fit_epochs
+from mednext_fast.train.presets import CPU_SIZED, build_model, preset_name, resolve_config
 from mednext_fast.train.schedule import PAPER, make_optimizer, poly_lr, set_lr
 
+TIMING_WARMUP, TIMING_STEPS = 2, 3  # training steps that measure the step time for a time budget
 PAPER_ITERS = 250  # iterations per epoch in the paper, for the epoch-time estimate
 EMA_ALPHA = 0.9    # nnU-Net: ema = 0.9 * ema + 0.1 * new pseudo-Dice
 SYNC_EVERY = 10    # iterations between loss read-backs (GPU syncs)
@@ -52,17 +55,15 @@ def run_training(args) -> int:
     if not env.main:
         root = data.resolve_dataset(name, os.path.join("runs", "data"), log=lambda *a: None)
     ds = data.open_dataset(root)
-    cfg = resolve_config(args, ds, device.type == "cuda")
-    if args.threads is None and device.type == "cpu" and cfg["preset"] in CPU_SIZED:
-        torch.set_num_threads(1)
+    on_gpu = device.type == "cuda"
     out = args.output or os.path.join("runs", os.path.basename(os.path.normpath(name)),
-                                      f"{cfg['variant']}k{cfg['kernel']}_{cfg['preset']}")
+                                      f"{args.variant}k{args.kernel}_{preset_name(args, on_gpu)}")
     log = RunLog(out, enabled=env.main)
     folds = select_folds(args.fold, len(ds.cases), log)
     # The cross-validation split exists only where it is used: a one-case dataset has none.
     splits = None
     if any(f != data.FOLD_ALL for f in folds):
-        splits = data.run_splits(ds, out, cfg["split_seed"])
+        splits = data.run_splits(ds, out, args.split_seed)
         for fold in folds:
             if fold != data.FOLD_ALL and not 0 <= fold < len(splits):
                 raise SystemExit(f"--fold {fold}: this dataset's split has {len(splits)} folds "
@@ -70,7 +71,15 @@ def run_training(args) -> int:
     _clear_previous_run(out, folds, args, env, log)
 
     preprocessed = args.preprocessed or os.path.join(out, "preprocessed")
-    # Rank 0 preprocesses; the others then find every case cached.
+    # Rank 0 fingerprints and preprocesses; the others then find both cached.
+    if env.main:
+        fingerprint = data.fingerprint(ds, preprocessed, args.workers, progress=not args.no_progress)
+    env.barrier()
+    if not env.main:
+        fingerprint = data.fingerprint(ds, preprocessed, 0, progress=False)
+    cfg = resolve_config(args, ds, on_gpu, fingerprint)
+    if args.threads is None and device.type == "cpu" and cfg["preset"] in CPU_SIZED:
+        torch.set_num_threads(1)
     if env.main:
         plans = data.prepare(ds, preprocessed, cfg["patch_size"], cfg["batch_size"], cfg["target_spacing"],
                              args.workers, progress=not args.no_progress)
@@ -78,16 +87,19 @@ def run_training(args) -> int:
     if not env.main:
         plans = data.prepare(ds, preprocessed, cfg["patch_size"], cfg["batch_size"], cfg["target_spacing"], 0,
                              progress=False)
+    if cfg["epochs"] is None:
+        _fit_epochs_to_budget(cfg, args, out, plans, preprocessed, ds.cases, device, env)
     if env.main:
         os.makedirs(out, exist_ok=True)
         if splits is not None:
             write_json(os.path.join(out, "splits_final.json"), splits)
         write_json(os.path.join(out, "plans.json"), dict(plans=plans, config=cfg))
-    log(f"dataset {name} ({root}): {len(ds.cases)} cases, {ds.n_classes} classes, target spacing "
-        f"{plans['target_spacing']}; {cfg['preset']} preset: MedNeXt-{cfg['variant']} k{cfg['kernel']} "
-        f"{cfg['model'] or '(paper widths)'}, patch {cfg['patch_size']}, batch {cfg['batch_size']} x "
-        f"{env.world} process(es), {cfg['epochs']} epochs x {cfg['iters_per_epoch']} it, device {device}, "
+    log(f"dataset {name} ({root}): {len(ds.cases)} cases, {ds.n_classes} classes; {cfg['preset']} preset: "
+        f"MedNeXt-{cfg['variant']} k{cfg['kernel']} {cfg['model'] or '(paper widths)'}, "
+        f"{cfg['epochs']} epochs x {cfg['iters_per_epoch']} it x {env.world} process(es), device {device}, "
         f"amp {amp_dtype(args.amp, device)[1]}, {torch.get_num_threads()} CPU thread(s), folds {folds} -> {out}")
+    for reason in cfg["plan_reasons"]:
+        log(f"plans: {reason}")
     for fold in folds:
         fold_dir = os.path.join(out, f"fold_{fold}")
         os.makedirs(fold_dir, exist_ok=True)
@@ -133,6 +145,40 @@ def select_folds(requested, n_cases: int, log=print) -> list:
         if fold not in folds:
             folds.append(fold)
     return folds
+
+
+def _fit_epochs_to_budget(cfg: dict, args, out: str, plans: dict, preprocessed: str, cases, device, env) -> None:
+    """Set ``cfg['epochs']`` to what fits its time budget: a resumed run keeps the epochs it was planned with;
+    a new one times a few real training steps (sampling and augmentation included) of a throwaway model."""
+    saved = os.path.join(out, "plans.json")
+    if args.resume and os.path.isfile(saved):
+        with open(saved) as handle:
+            epochs = json.load(handle)["config"].get("epochs")
+        if epochs:
+            cfg["epochs"] = int(epochs)
+            cfg["plan_reasons"].append(f"epochs {epochs}: kept from the run being resumed")
+            return
+    model = build_model(cfg, args.backend).to(device)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
+    amp = amp_dtype(args.amp, device)[0]
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    sampler = data.Batches(preprocessed, sorted(cases), plans, cfg["patch_size"], cfg["batch_size"], augment=True,
+                           seed=cfg["seed"] + 7, rank=env.rank)
+    loss_fn = DeepSupervisionLoss(DiceCELoss(batch_dice=cfg["batch_dice"]),
+                                  ds_weights(5) if cfg["deep_supervision"] else None)
+    step = (model, model, sampler, optimizer, scaler, loss_fn)
+    _train_epoch(*step, 0, TIMING_WARMUP, device, amp, hide=True)
+    t0 = time.perf_counter()
+    _train_epoch(*step, 1, TIMING_STEPS, device, amp, hide=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - t0) / TIMING_STEPS
+    seconds = float(env.sum(torch.tensor([seconds], dtype=torch.float64))[0]) / env.world  # one value on all ranks
+    cfg["step_seconds"] = round(seconds, 4)
+    cfg["epochs"] = fit_epochs(seconds, cfg["iters_per_epoch"], cfg["val_iters"], cfg["time_budget_min"])
+    cfg["plan_reasons"][-1] = (f"epochs {cfg['epochs']}: as many as fit {cfg['time_budget_min']:g} min at "
+                               f"{seconds:.2f} s per measured training step ({TIMING_STEPS} steps after "
+                               f"{TIMING_WARMUP} warm-up)")
 
 
 def _clear_previous_run(out: str, folds: list, args, env: Dist, log: RunLog) -> None:
