@@ -13,7 +13,8 @@ Conventions (see shared/reference/nnunet-conventions-and-data.md section 3):
 * HD95 follows MONAI ``compute_hausdorff_distance(percentile=95, directed=False)``: for each direction
   the 95th percentile (linear interpolation) of the edge-voxel distances, then the **max** of the two
   directions (not the pooled MedPy percentile, not DeepMind's area-weighted rank).
-* Empty masks: both empty -> DSC, NSD and HD95 are NaN; only one empty -> DSC 0, NSD 0, HD95 inf.
+* Empty masks: both empty -> DSC, NSD and HD95 are NaN; only one empty -> DSC 0, NSD 0, HD95 inf (undefined).
+  Summaries never average an inf: see ``summarize`` (defined-case mean, count, and the worst case).
 """
 from __future__ import annotations
 
@@ -78,44 +79,80 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing, percentile: float = 95.0) -
     return float(max(np.percentile(d_pr, percentile), np.percentile(d_rp, percentile)))
 
 
+def worst_distance(shape, spacing) -> float:
+    """The documented worst case of a distance metric for a volume: its diagonal in mm (the largest distance two
+    voxels of it can have), used for a class whose prediction or reference is empty (as in the MSD and BraTS
+    rankings)."""
+    return float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
+
+
 def case_metrics(pred: np.ndarray, ref: np.ndarray, labels, spacing, tolerance_mm: float = 1.0) -> dict:
-    """{label: {'dice', 'nsd', 'hd95', 'n_ref', 'n_pred'}} for each foreground ``label``."""
+    """{label: {'dice', 'nsd', 'hd95', 'hd95_worst_case', 'n_ref', 'n_pred'}} for each foreground ``label``;
+    ``hd95_worst_case`` is HD95 with an undefined (inf) value replaced by ``worst_distance``."""
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from the reference shape {ref.shape}")
     if len(spacing) != pred.ndim:
         raise ValueError(f"spacing {tuple(spacing)} has {len(spacing)} entries for a {pred.ndim}-D volume")
+    worst = worst_distance(pred.shape, spacing)
     out = {}
     for label in labels:
         p, r = pred == label, ref == label
-        out[int(label)] = dict(dice=dice(p, r), nsd=nsd(p, r, spacing, tolerance_mm), hd95=hd95(p, r, spacing),
+        distance = hd95(p, r, spacing)
+        out[int(label)] = dict(dice=dice(p, r), nsd=nsd(p, r, spacing, tolerance_mm), hd95=distance,
+                               hd95_worst_case=worst if np.isinf(distance) else distance,
                                n_ref=int(r.sum()), n_pred=int(p.sum()))
     return out
 
 
 def summarize(per_case: dict) -> dict:
-    """Mean over cases (nanmean; inf HD95 values are kept, so one miss shows as inf) per label and metric."""
+    """Means over cases per label and metric, and over the labels ('foreground_mean').
+
+    NaN values (both masks empty) are left out of every mean, as nnU-Net does. HD95 is undefined (inf) where
+    one mask is empty: 'hd95' is the mean over the cases where it is defined, 'hd95_undefined' counts the
+    others, and 'hd95_worst_case' is the mean with those cases at the volume diagonal. No mean is ever inf.
+    """
     by_label: dict = {}
     for metrics in per_case.values():
         for label, values in metrics.items():
-            for name in ("dice", "nsd", "hd95"):
+            for name in ("dice", "nsd", "hd95", "hd95_worst_case"):
                 by_label.setdefault(str(label), {}).setdefault(name, []).append(values[name])
     mean = {}
     for label, names in by_label.items():
         mean[label] = {}
         for name, values in names.items():
             arr = np.asarray(values, dtype=float)
-            finite_or_inf = arr[~np.isnan(arr)]
-            mean[label][name] = float(finite_or_inf.mean()) if finite_or_inf.size else float("nan")
-    fg = {name: [m[name] for m in mean.values() if not np.isnan(m[name])] for name in ("dice", "nsd", "hd95")}
+            kept = arr[np.isfinite(arr)]
+            mean[label][name] = float(kept.mean()) if kept.size else float("nan")
+        mean[label]["hd95_undefined"] = int(np.isinf(np.asarray(names["hd95"], dtype=float)).sum())
+    names = ("dice", "nsd", "hd95", "hd95_worst_case")
+    fg = {name: [m[name] for m in mean.values() if not np.isnan(m[name])] for name in names}
     mean["foreground_mean"] = {k: (float(np.mean(v)) if v else float("nan")) for k, v in fg.items()}
+    mean["foreground_mean"]["hd95_undefined"] = sum(m["hd95_undefined"] for k, m in mean.items()
+                                                    if k != "foreground_mean")
     return mean
 
 
+def jsonable(per_case: dict) -> dict:
+    """``per_case`` with undefined (inf) HD95 values as None, since JSON has no infinity."""
+    return {case: {label: {k: (None if isinstance(v, float) and np.isinf(v) else v) for k, v in values.items()}
+                   for label, values in metrics.items()} for case, metrics in per_case.items()}
+
+
+def format_summary(fg: dict) -> str:
+    """One line for the log: mean Dice, NSD and HD95, saying how many class-cases have no HD95."""
+    text = f"mean Dice {fg['dice']:.4f} NSD@1mm {fg['nsd']:.4f} HD95 {fg['hd95']:.2f} mm"
+    if fg["hd95_undefined"]:
+        text += (f" over the defined cases ({fg['hd95_undefined']} class-case(s) with an empty prediction or "
+                 f"reference have none; {fg['hd95_worst_case']:.2f} mm with those at the volume diagonal)")
+    return text
+
+
 def format_table(per_case: dict) -> str:
-    """Plain-text table: one row per case and label."""
+    """Plain-text table: one row per case and label ('undef': HD95 undefined, one mask empty)."""
     lines = [f"{'case':<24}{'label':>6}{'dice':>9}{'nsd@tol':>9}{'hd95_mm':>10}{'n_ref':>10}{'n_pred':>10}"]
     for case, metrics in sorted(per_case.items()):
         for label, v in sorted(metrics.items(), key=lambda kv: int(kv[0])):
-            lines.append(f"{case:<24}{label:>6}{v['dice']:>9.4f}{v['nsd']:>9.4f}{v['hd95']:>10.3f}"
+            hd = "undef" if np.isinf(v["hd95"]) else f"{v['hd95']:.3f}"
+            lines.append(f"{case:<24}{label:>6}{v['dice']:>9.4f}{v['nsd']:>9.4f}{hd:>10}"
                          f"{v['n_ref']:>10}{v['n_pred']:>10}")
     return "\n".join(lines) + "\n"

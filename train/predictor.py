@@ -16,14 +16,15 @@ from mednext_fast.atomic import write_json, write_text
 from mednext_fast.train import checkpointing as ckpt
 from mednext_fast.train import data_bridge as data
 from mednext_fast.train import metrics as metrics_mod
-from mednext_fast.train.inference import predict_probabilities
+from mednext_fast.train.inference import predict_probabilities, window_batch
 from mednext_fast.train.logging_utils import progress_bar
 from mednext_fast.train.preprocess import revert_to_original
 from mednext_fast.train.presets import build_model
 
 CHECKPOINTS = {"final": ckpt.FINAL, "best": ckpt.BEST, "latest": ckpt.LATEST}
 METRIC_CONVENTIONS = ("DSC NaN if both empty; NSD at 1 mm and HD95 (max of the two directed 95th percentiles) "
-                      "on edge voxels, MONAI default; see train/metrics.py")
+                      "on edge voxels, MONAI default; HD95 null where one mask is empty, counted in "
+                      "hd95_undefined; hd95_worst_case puts those at the volume diagonal; see train/metrics.py")
 
 
 def predict_image(models, image, spacing, plans, cfg, device, amp, mirror: bool, step: float = 0.5,
@@ -32,7 +33,7 @@ def predict_image(models, image, spacing, plans, cfg, device, amp, mirror: bool,
     pre, props = data.preprocess_image(image, spacing, plans)
     probs = predict_probabilities(models, pre, cfg["patch_size"], cfg["n_classes"], step=step,
                                   mirror_axes=(0, 1, 2) if mirror else (), device=device, amp_dtype=amp,
-                                  progress=progress)
+                                  batch_size=window_batch(cfg["patch_size"]), progress=progress)
     return revert_to_original(probs, props, plans)
 
 
@@ -60,12 +61,12 @@ def final_validation(models, cfg, ds: data.RawDataset, plans, case_names, out_di
         pred, _, _ = data.read_image_files([os.path.join(out_dir, f"{name}.nii.gz")])
         _, ref, spacing, _ = data.read_raw_case(ds, name)
         per_case[name] = metrics_mod.case_metrics(pred[0].astype(np.int16), ref, labels, spacing)
-    summary = dict(mean=metrics_mod.summarize(per_case), per_case=per_case, conventions=METRIC_CONVENTIONS)
+    summary = dict(mean=metrics_mod.summarize(per_case), per_case=metrics_mod.jsonable(per_case),
+                   conventions=METRIC_CONVENTIONS)
     write_json(os.path.join(out_dir, "summary.json"), summary)
     write_text(os.path.join(out_dir, "summary.txt"), metrics_mod.format_table(per_case))
     fg = summary["mean"]["foreground_mean"]
-    log(f"validation ({len(case_names)} cases): mean Dice {fg['dice']:.4f} NSD@1mm {fg['nsd']:.4f} "
-        f"HD95 {fg['hd95']:.2f} mm -> {out_dir}/summary.json")
+    log(f"validation ({len(case_names)} cases): {metrics_mod.format_summary(fg)} -> {out_dir}/summary.json")
     return summary
 
 

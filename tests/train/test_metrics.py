@@ -86,5 +86,26 @@ def test_dice_and_case_metrics_by_hand():
     assert out[2]["dice"] == 0 and out[2]["hd95"] == np.inf and out[2]["n_ref"] == 1 and out[2]["n_pred"] == 0
     summary = metrics.summarize({"a": out, "b": out})
     assert summary["1"]["dice"] == pytest.approx(0.75)
+    diagonal = np.sqrt(3 * 8 ** 2)
+    assert out[2]["hd95_worst_case"] == pytest.approx(diagonal) == metrics.worst_distance((8, 8, 8), (1, 1, 1))
     with pytest.raises(ValueError, match="shape"):
         metrics.case_metrics(pred[:-1], ref, [1], (1, 1, 1))
+
+
+def test_summaries_never_average_an_inf():
+    ref = np.zeros((8, 8, 8), np.int16)
+    ref[1:5, 1:5, 1:5] = 1
+    ref[6, 6, 6] = 2
+    hit = metrics.case_metrics(ref, ref, [1, 2], (1, 1, 1))  # perfect
+    miss = metrics.case_metrics(np.where(ref == 2, 0, ref), ref, [1, 2], (1, 1, 1))  # class 2 not predicted
+    summary = metrics.summarize({"a": hit, "b": miss})
+    assert summary["2"]["hd95"] == 0.0 and summary["2"]["hd95_undefined"] == 1  # the defined case only
+    assert summary["2"]["hd95_worst_case"] == pytest.approx(np.sqrt(3 * 64) / 2)
+    fg = summary["foreground_mean"]
+    assert fg["hd95_undefined"] == 1 and all(np.isfinite(fg[k]) for k in ("dice", "nsd", "hd95", "hd95_worst_case"))
+    assert "1 class-case(s) with an empty prediction" in metrics.format_summary(fg)
+    assert metrics.jsonable({"b": miss})["b"][2]["hd95"] is None
+    assert "undef" in metrics.format_table({"b": miss})
+    # no case defines it: NaN (not inf), and the worst case still says how bad
+    only_miss = metrics.summarize({"b": miss})["2"]
+    assert np.isnan(only_miss["hd95"]) and only_miss["hd95_worst_case"] > 0

@@ -46,8 +46,11 @@ def test_train_validate_predict(tmp_path):
     per_label = summary["per_case"][case]
     assert sorted(per_label) == ["1", "2", "3"]
     for values in per_label.values():
-        assert 0 <= values["dice"] <= 1 and 0 <= values["nsd"] <= 1 and values["hd95"] >= 0
+        assert 0 <= values["dice"] <= 1 and 0 <= values["nsd"] <= 1
         assert values["n_ref"] > 0
+        # HD95 is null exactly where the prediction is empty (JSON has no inf), else a distance
+        assert (values["hd95"] is None) == (values["n_pred"] == 0)
+        assert values["hd95_worst_case"] >= (values["hd95"] or 0)
     assert (fold / "validation" / "summary.txt").read_text().count(case) == 3
     pred = nib.load(fold / "validation" / f"{case}.nii.gz")
     ref = nib.load(os.path.join(ds, "labelsTr", f"{case}.nii.gz"))
