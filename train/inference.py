@@ -41,6 +41,15 @@ def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1 / 8, v
     return g.astype(np.float32)
 
 
+WINDOW_BATCH_VOXELS = 4 * 64 ** 3  # voxels per forward when batching windows
+
+
+def window_batch(patch_size: Sequence[int]) -> int:
+    """Windows per forward: every call of the fused backends has a fixed cost (launches, small deep levels)
+    that a batch shares; ``WINDOW_BATCH_VOXELS`` bounds the memory of one forward."""
+    return max(1, WINDOW_BATCH_VOXELS // math.prod(int(p) for p in patch_size))
+
+
 def _forward(model, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     return out[0] if isinstance(out, (list, tuple)) else out  # deep supervision: keep full resolution
@@ -62,7 +71,10 @@ def _mirrored_logits(model, x: torch.Tensor, mirror_axes: Sequence[int]) -> torc
 def sliding_window(model, image: torch.Tensor | np.ndarray, patch_size: Sequence[int], n_classes: int,
                    step: float = 0.5, mirror_axes: Sequence[int] = (), batch_size: int = 1,
                    device=None, amp_dtype=None, progress=None) -> torch.Tensor:
-    """Logits (n_classes, *spatial) on the CPU for ``image`` (C, *spatial); any spatial size works."""
+    """Logits (n_classes, *spatial) on the CPU for ``image`` (C, *spatial); any spatial size works.
+
+    ``batch_size`` windows go through the model together (``window_batch`` gives a good number); the result
+    is the same as one window at a time."""
     image = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
     if image.dim() != len(patch_size) + 1:
         raise ValueError(f"image must be (C, *spatial) with {len(patch_size)} spatial axes, got {tuple(image.shape)}")

@@ -34,7 +34,8 @@ def predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="final", choices=tuple(predictor.CHECKPOINTS),
                    help="which checkpoint of each fold to use")
     p.add_argument("--no-mirror", action="store_true",
-                   help="no mirroring TTA (one forward per tile instead of 8 flips)")
+                   help="no mirroring TTA: one forward per window instead of 8 (the 8 flips cost 8x the network "
+                        "time; docs/training.md has measured times)")
     p.add_argument("--step", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
     p.add_argument("--amp", choices=AMP_CHOICES,
                    help="inference precision; default: bf16 on GPUs that support it, else off. On CPU, bf16 keeps "

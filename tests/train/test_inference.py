@@ -9,7 +9,7 @@ import torch
 import mednext_fast as mf
 from mednext_fast.train import data_bridge
 from mednext_fast.train.preprocess import revert_to_original
-from mednext_fast.train.inference import compute_steps, gaussian_importance, sliding_window
+from mednext_fast.train.inference import compute_steps, gaussian_importance, sliding_window, window_batch
 
 from ._run_helpers import one_thread
 
@@ -72,6 +72,19 @@ class _Constant(torch.nn.Module):
 
     def forward(self, x):
         return self.w.view(1, 2, 1, 1, 1).expand(x.shape[0], 2, *x.shape[2:]) + 0 * x
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_batched_windows_give_the_same_logits_as_one_at_a_time(backend):
+    if backend == "cpp" and not mf.backends.is_available("cpp"):
+        pytest.skip("C++ extension not built")
+    model = mf.MedNeXt(1, 4, 3, exp_r=2, kernel_size=3, do_res=True, do_res_up_down=True, deep_supervision=True,
+                       block_counts=[1] * 9, backend=backend).eval()
+    image = torch.randn(1, 45, 37, 50)  # 3 x 2 x 3 windows of 32^3 at step 0.5; the batches do not divide them
+    one = sliding_window(model, image, (32, 32, 32), 3, batch_size=1)
+    for batch in (4, 18, 64):
+        assert torch.allclose(sliding_window(model, image, (32, 32, 32), 3, batch_size=batch), one, atol=1e-5)
+    assert window_batch((64, 64, 64)) == 4 and window_batch((32, 32, 32)) == 32 and window_batch((256,) * 3) == 1
 
 
 def test_overlapping_tiles_are_normalised():
