@@ -15,8 +15,12 @@ Split: Colin27 is one subject, so the two cases are its hemispheres, cut at the 
 ``colin27_L`` and ``colin27_R`` share no voxel; ``splits_final.json`` trains on one and validates on the
 other (the hemispheres of one real brain differ, so this is a real generalisation test).
 
-Public API: ``available() -> bool``, ``write_dataset(out_dir) -> out_dir`` (raises ``Colin27Unavailable``
-with the install command when the package is missing), ``INSTALL_HINT``.
+Brain extraction (``write_brain_dataset``): the same T1 with 0 background and 1 brain (the brain mask above),
+as the two hemispheres with the same split, or as one whole-head case.
+
+Public API: ``available() -> bool``, ``write_dataset(out_dir) -> out_dir`` (lobes),
+``write_brain_dataset(out_dir, whole_head=False) -> out_dir`` (both raise ``Colin27Unavailable`` with the
+install command when the package is missing), ``INSTALL_HINT``.
 """
 from __future__ import annotations
 
@@ -100,21 +104,51 @@ def build_label(templates: str | None = None):
     return t1, label, affine
 
 
-def write_dataset(out_dir: str, templates: str | None = None) -> str:
-    """Write the two-hemisphere Colin27 task as a v2 raw dataset (plus splits_final.json); returns out_dir."""
-    t1, label, affine = build_label(templates)
-    halves = {"colin27_L": slice(0, MIDLINE_VOXEL), "colin27_R": slice(MIDLINE_VOXEL, t1.shape[0])}
+def _write_cases(out_dir: str, t1, label, affine, halves: dict) -> None:
     for case, sl in halves.items():
         aff = affine.copy()
         aff[:3, 3] = affine[:3, :3] @ np.array([sl.start, 0, 0]) + affine[:3, 3]  # keep world positions
         dio.write_volume(t1[sl], aff, os.path.join(out_dir, "imagesTr", f"{case}_0000.nii.gz"))
         dio.write_volume(label[sl], aff, os.path.join(out_dir, "labelsTr", f"{case}.nii.gz"))
+
+
+def _hemispheres(n_x: int) -> dict:
+    return {"colin27_L": slice(0, MIDLINE_VOXEL), "colin27_R": slice(MIDLINE_VOXEL, n_x)}
+
+
+HEMISPHERE_SPLIT = [{"train": ["colin27_L"], "val": ["colin27_R"]}, {"train": ["colin27_R"], "val": ["colin27_L"]}]
+LICENCE = "Debian mricron-data (BSD-3-clause per Debian copyright); cite AAL and Colin27"
+
+
+def write_dataset(out_dir: str, templates: str | None = None) -> str:
+    """Write the two-hemisphere Colin27 lobes task as a v2 raw dataset (plus splits_final.json); returns out_dir."""
+    t1, label, affine = build_label(templates)
+    _write_cases(out_dir, t1, label, affine, _hemispheres(t1.shape[0]))
     meta = dict(name="Colin27_lobes", description="Colin27 T1 (with skull) -> brain + AAL merged into lobes; "
                 "cases are the two hemispheres (no shared voxel)", channel_names={"0": "T1"}, labels=dict(LABELS),
                 numTraining=2, file_ending=".nii.gz", reference="Holmes 1998 (Colin27); Tzourio-Mazoyer 2002 (AAL)",
-                licence="Debian mricron-data (BSD-3-clause per Debian copyright); cite AAL and Colin27",
+                licence=LICENCE, converted_by="mednext_fast.train.colin27")
+    write_json(os.path.join(out_dir, "dataset.json"), meta)
+    write_json(os.path.join(out_dir, "splits_final.json"), HEMISPHERE_SPLIT)
+    return out_dir
+
+
+def write_brain_dataset(out_dir: str, whole_head: bool = False, templates: str | None = None) -> str:
+    """Brain extraction on Colin27 (0 background, 1 brain: the lobes task's brain mask) as a v2 raw dataset.
+
+    Default: the two hemispheres as cases with the hemisphere split (train on one, validate on the other).
+    ``whole_head``: one case, the whole head (a one-subject dataset: it trains fold 'all', and another subject,
+    e.g. ``inia19.write_test_case``, is the held-out check)."""
+    t1, label, affine = build_label(templates)
+    brain = (label > 0).astype(np.uint8)
+    cases = {"colin27": slice(0, t1.shape[0])} if whole_head else _hemispheres(t1.shape[0])
+    _write_cases(out_dir, t1, brain, affine, cases)
+    what = "the whole head, one case" if whole_head else "cases are the two hemispheres (no shared voxel)"
+    meta = dict(name="Colin27_brain", description=f"Colin27 T1 (with skull) -> brain mask; {what}",
+                channel_names={"0": "T1"}, labels={"background": 0, "brain": 1}, numTraining=len(cases),
+                file_ending=".nii.gz", reference="Holmes 1998 (Colin27)", licence=LICENCE,
                 converted_by="mednext_fast.train.colin27")
     write_json(os.path.join(out_dir, "dataset.json"), meta)
-    write_json(os.path.join(out_dir, "splits_final.json"),
-               [{"train": ["colin27_L"], "val": ["colin27_R"]}, {"train": ["colin27_R"], "val": ["colin27_L"]}])
+    if not whole_head:
+        write_json(os.path.join(out_dir, "splits_final.json"), HEMISPHERE_SPLIT)
     return out_dir

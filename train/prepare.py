@@ -22,6 +22,9 @@ from mednext_fast.train import colin27, synthetic
 from mednext_fast.train import dataset_io as dio
 from mednext_fast.train import preprocess as pp
 
+# Real data (Debian mricron-data): the lobes, and brain extraction by hemisphere or on the whole head (one case).
+COLIN27 = {"colin27": colin27.write_dataset, "colin27-brain": colin27.write_brain_dataset,
+           "colin27-head": lambda raw: colin27.write_brain_dataset(raw, whole_head=True)}
 BUILTIN = {"synthetic": "mr", "synthetic-mr": "mr", "synthetic-ct": "ct", "synthetic-aniso": "aniso"}
 
 
@@ -37,10 +40,10 @@ def _is_msd(path: str) -> bool:
 def get_raw(dataset: str, out: str, n_cases: int = 8, seed: int = 0, msd: bool | None = None, log=print) -> str:
     """Raw v2 dataset folder for ``dataset`` (a built-in name or a path), generating/converting into OUT/raw."""
     raw = os.path.join(out, "raw")
-    if dataset == "colin27":
+    if dataset in COLIN27:
         if colin27.available():
-            return _generated(raw, dict(dataset="colin27", templates=colin27.TEMPLATES),
-                              lambda: colin27.write_dataset(raw), f"colin27: building from {colin27.TEMPLATES}", log)
+            return _generated(raw, dict(dataset=dataset, templates=colin27.TEMPLATES),
+                              lambda: COLIN27[dataset](raw), f"{dataset}: building from {colin27.TEMPLATES}", log)
         log(f"WARNING: {colin27.INSTALL_HINT}. Falling back to --dataset synthetic.")
         dataset = "synthetic"
     if dataset in BUILTIN:
@@ -49,7 +52,7 @@ def get_raw(dataset: str, out: str, n_cases: int = 8, seed: int = 0, msd: bool |
                           lambda: synthetic.write_synthetic_dataset(raw, kind, n_cases=n_cases, seed=seed),
                           f"{dataset}: generating {n_cases} phantom case(s), seed {seed}", log)
     if not os.path.isdir(dataset):
-        raise dio.DatasetError(f"--dataset {dataset!r}: not a built-in name ({', '.join(['colin27', *BUILTIN])}) "
+        raise dio.DatasetError(f"--dataset {dataset!r}: not a built-in name ({', '.join([*COLIN27, *BUILTIN])}) "
                                "and not a folder")
     if msd or (msd is None and _is_msd(dataset)):
         log(f"{dataset}: MSD format, converting to nnU-Net v2 raw in {raw}")
@@ -110,10 +113,11 @@ def main(argv=None) -> int:
                     "unless the input files or options changed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--dataset", required=True,
-                    help="'synthetic' (= synthetic-mr), 'synthetic-ct', 'synthetic-aniso' (generated phantoms), "
-                         "'colin27' (Debian mricron-data; falls back to synthetic if not installed), or the path of an "
-                         "nnU-Net v2 raw folder (DatasetXXX_Name with dataset.json, imagesTr/, labelsTr/) or an MSD "
-                         "TaskXX folder (converted automatically)")
+                    help="the path of an nnU-Net v2 raw folder (DatasetXXX_Name with dataset.json, imagesTr/, "
+                         "labelsTr/) or an MSD TaskXX folder (converted automatically), or a built-in name: "
+                         "'colin27' (lobes), 'colin27-brain' (brain extraction by hemisphere), 'colin27-head' "
+                         "(brain extraction, one whole-head case) from Debian mricron-data (synthetic if it is not "
+                         "installed); 'synthetic' (= synthetic-mr), 'synthetic-ct', 'synthetic-aniso' (phantoms)")
     ap.add_argument("--out", required=True,
                     help="output folder: OUT/raw (generated/converted data) and OUT/preprocessed")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (0: in this process)")
