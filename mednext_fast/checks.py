@@ -1,8 +1,6 @@
 """Input validation with messages that name the problem and the fix."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
@@ -61,7 +59,10 @@ def check_input(model, x: torch.Tensor) -> None:
 def trainable_size(spatial) -> bool:
     """True if a patch of spatial size ``spatial`` (sizes divisible by 16) can train a GroupNorm MedNeXt:
     its 1/16 bottleneck has at least 2 voxels (32 along one axis, e.g. 16x16x32)."""
-    return math.prod(int(n) // DIVISOR for n in spatial) >= 2
+    voxels = 1
+    for n in spatial:  # a plain loop: torch.compile cannot trace a generator here
+        voxels *= int(n) // DIVISOR
+    return voxels >= 2
 
 
 def _check_trainable_size(model, x: torch.Tensor) -> None:
