@@ -8,6 +8,7 @@ machines where nnU-Net's own trainer package does not import, plain nnUNetv2_tra
 trainer); test_lookup.py checks nnU-Net's own lookup through nnUNet_extTrainer. The tests below read what
 the run left. About 2 minutes on 2 cores.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -157,3 +158,17 @@ def test_trainer_refuses_a_patch_not_divisible_by_16(run):
     assert result.returncode != 0
     assert "ValueError: configuration '3d_fullres' has patch size 28x28x28, not divisible by 16" in result.stderr
     assert "python -m mednext_fast.nnunet plans -d DATASET --patch 32 32 32" in result.stderr
+
+
+def test_benchmark_runs_both_backends_on_the_same_plans(run, tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "mednext_fast.nnunet.benchmark", "--dataset", "901", "--variant", "S",
+           "--device", "cpu", "--epochs", "1", "--iterations", "1", "--val-iterations", "1", "--json", str(out)]
+    log = _run(cmd, dict(run["env"], nnUNet_n_proc_DA="0"), tmp_path / "bench.log")
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"auto", "torch"}
+    assert rows["torch"]["speedup_vs_torch"] == 1.0
+    assert rows["auto"]["speedup_vs_torch"] == rows["torch"]["warm_epoch_s"] / rows["auto"]["warm_epoch_s"]
+    assert rows["torch"]["runs"] == "training: torch, inference: torch"  # MEDNEXT_FAST_BACKEND reached the model
+    assert all(r["peak_bytes"] > 0 and len(r["epoch_s"]) == 1 for r in rows.values())
+    assert "| auto |" in log and "speed-up vs torch" in log
