@@ -104,6 +104,9 @@ setup(
         "triton": ["triton>=3.6"],
         "train": ["nibabel", "scipy", "tqdm", "matplotlib"],
         "bench": ["onnx==1.23.2", "onnxruntime==1.32.0", "openvino==2026.4.1"],
+        # nnU-Net v2 trainers (mednext_fast.nnunet); tested with 2.8.1. Install with the installed torch pinned
+        # in the same command (docs/nnunet.md): nnU-Net's dependencies (timm -> torchvision) may upgrade it.
+        "nnunet": ["nnunetv2>=2.8.1,<2.9"],
     },
     entry_points={"console_scripts": ["mednext-train = mednext_fast.train.run:main",
                                       "mednext-predict = mednext_fast.train.predict:main",
