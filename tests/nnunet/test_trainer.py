@@ -108,9 +108,6 @@ def test_compile_keeps_our_model_whole_in_eval_mode():
     _compiled_matches_eager(training=False)
 
 
-@pytest.mark.xfail(strict=True, reason="mednext_fast/checks.py trainable_size() passes a generator expression to "
-                   "math.prod, which torch 2.13's dynamo cannot trace (graph break in every training forward); "
-                   "a list fixes it. Remove this mark when checks.py is fixed")
 def test_compile_keeps_our_model_whole_in_training():
     _compiled_matches_eager(training=True)
 
