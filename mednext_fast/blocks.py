@@ -127,6 +127,16 @@ class MedNeXtBlock(nn.Module):
             return "n_groups other than depthwise is not fused"
         if self.conv1.kernel_size[0] % 2 == 0 or self.conv1.kernel_size[0] > MAX_KERNEL:
             return f"only odd kernel sizes up to {MAX_KERNEL} are fused"
+        # Sub-modules edited after construction: the fused ops compute exactly the constructor's block.
+        if type(self.act) is not nn.GELU or self.act.approximate != "none":
+            return f"activation {self.act!r} is not the exact GELU the fused ops compute"
+        if self.norm.num_groups != self.norm.num_channels or not self.norm.affine:
+            return "only an affine GroupNorm with one group per channel is fused"
+        k = self.conv1.kernel_size[0]
+        if self.conv1.padding != (k // 2,) * 3 or self.conv1.dilation != (1, 1, 1):
+            return "the depthwise conv must have padding k // 2 and no dilation to be fused"
+        if any(c.kernel_size != (1, 1, 1) or c.bias is None for c in (self.conv2, self.conv3)):
+            return "the expansion and compression must be 1x1x1 convs with bias to be fused"
         return None
 
     def conv_params(self) -> dict:

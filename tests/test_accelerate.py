@@ -247,3 +247,24 @@ def test_resampling_blocks_with_another_res_conv_or_flags_are_kept(reference_ops
     assert f"up_blocks.{len(model.up_blocks) - 1}: a resampling block needs a bool resample_do_res" in message
     assert model.down_blocks[0] is down and model.up_blocks[-1] is up and model.down_blocks[1] is other
     assert isinstance(model.down_blocks[2], mf.MedNeXtDownBlock) and isinstance(model.up_blocks[0], mf.MedNeXtUpBlock)
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda b: setattr(b, "act", torch.nn.ReLU()), "not the exact GELU"),
+    (lambda b: setattr(b, "act", torch.nn.GELU(approximate="tanh")), "not the exact GELU"),
+    (lambda b: setattr(b, "norm", torch.nn.GroupNorm(2, b.norm.num_channels)), "one group per channel"),
+])
+def test_edited_own_blocks_stay_on_pytorch_with_their_output(reference_ops_as_triton, edit, reason):
+    torch.manual_seed(0)
+    model = tiny_mednext(backend="torch")
+    edit(model.enc_block_1[0])
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    with pytest.warns(UserWarning, match=f"enc_block_1.0: .*{reason}"):
+        mf.accelerate(model, "triton")
+    assert model.enc_block_1[0].backend == "torch" and model.enc_block_0[0].backend == "triton"
+    with torch.no_grad():
+        got = model(x)
+    for a, b in zip(got if isinstance(got, list) else [got], expected if isinstance(expected, list) else [expected]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
