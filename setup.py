@@ -110,6 +110,7 @@ setup(
     },
     entry_points={"console_scripts": ["mednext-train = mednext_fast.train.run:main",
                                       "mednext-predict = mednext_fast.train.predict:main",
-                                      "mednext-prepare = mednext_fast.train.prepare:main"]},
+                                      "mednext-prepare = mednext_fast.train.prepare:main",
+                                      "mednext-nnunet = mednext_fast.nnunet.__main__:main"]},
     **extension_kwargs(),
 )

@@ -19,7 +19,8 @@ if ! dpkg -s mricron-data >/dev/null 2>&1; then
 fi
 # Pinned: an unpinned torch resolves to a multi-GB CUDA build on these machines.
 pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-pip install -q -r requirements-dev.txt
+# torch pinned again: a test tool's dependency (nnunetv2, monai) must not replace it.
+pip install -q -r requirements-dev.txt "torch==${TORCH_VERSION:-2.13.0}"
 # No build isolation: the extension must compile against the torch installed above.
 pip install -q --no-build-isolation -e .
 if [ "${1:-}" != "--no-run" ]; then
