@@ -213,7 +213,10 @@ def train_fold(cfg: dict, args, plans: dict, preprocessed: str, split: dict, fol
     np.random.seed(cfg["seed"])
     model = build_model(cfg, args.backend)
     if args.init_from:
-        mf.upkern(model, args.init_from)
+        try:
+            mf.upkern(model, args.init_from)
+        except (ValueError, FileNotFoundError) as err:  # e.g. a larger kernel than this run's: one line, no traceback
+            raise SystemExit(f"--init-from {args.init_from}: {err}") from None
         log(f"initialised from {args.init_from} (UpKern)")
     model.to(device)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])

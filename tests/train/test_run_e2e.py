@@ -90,3 +90,14 @@ def test_clear_errors(tmp_path):
         run.main(["--dataset", ds, "--output", str(tmp_path / "r"), "--patch-size", "24"])
     with pytest.raises(SystemExit, match="fold"):
         run.main(["--dataset", ds, "--output", str(tmp_path / "r"), "--preset", "tiny", "--fold", "7"])
+
+
+def test_init_from_a_larger_kernel_is_a_one_line_error(tmp_path):
+    ds = tiny_dataset(tmp_path / "ds", n_cases=2)
+    common = ["--dataset", ds, "--preset", "tiny", "--no-progress", "--workers", "0", "--threads", "1", "--backend",
+              "torch", "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1", "--no-final-validation"]
+    assert run.main([*common, "--output", str(tmp_path / "k5"), "--kernel", "5"]) == 0
+    ckpt = str(tmp_path / "k5" / "fold_0" / "checkpoint_final.pt")
+    with pytest.raises(SystemExit, match=r"^--init-from .*checkpoint_final.pt: .*at least as large") as err:
+        run.main([*common, "--output", str(tmp_path / "k3"), "--kernel", "3", "--init-from", ckpt])
+    assert "\n" not in str(err.value)
