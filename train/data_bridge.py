@@ -63,10 +63,12 @@ def fingerprint(ds: RawDataset, out_dir: str, workers: int = 2, progress: bool =
 
 
 def prepare(ds: RawDataset, out_dir: str, patch_size, batch_size: int, target_spacing="1mm", workers: int = 2,
-            progress: bool = True) -> dict:
-    """Fingerprint, plan and preprocess into ``out_dir`` (cached: unchanged cases are reused); the plans."""
+            progress: bool = True, fingerprint: dict | None = None) -> dict:
+    """Fingerprint (unless ``fingerprint``, this run's, is given), plan and preprocess into ``out_dir`` (cached:
+    unchanged cases are reused); the plans."""
     return pp.prepare_dataset(ds.root, out_dir, workers=workers, target_spacing=target_spacing,
-                              patch_size=patch_size, batch_size=batch_size, progress=progress)
+                              patch_size=patch_size, batch_size=batch_size, progress=progress,
+                              fingerprint=fingerprint)
 
 
 def read_raw_case(ds: RawDataset, case: str, with_label: bool = True):

@@ -436,14 +436,16 @@ def fingerprint_dataset(raw_dir: str, out_dir: str, workers: int = 2, force: boo
 
 def prepare_dataset(raw_dir: str, out_dir: str, workers: int = 2, target_spacing="1mm",
                     patch_size=(128, 128, 128), batch_size: int = 2, force: bool = False,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, fingerprint: dict | None = None) -> dict:
     """Validate, fingerprint, plan and preprocess ``raw_dir`` into ``out_dir``; returns the plans dict.
 
     Re-running reuses the fingerprint and every case whose input files (name, size, mtime), dataset.json
-    and plans are unchanged; ``force`` recomputes everything.
+    and plans are unchanged; ``force`` recomputes everything. ``fingerprint``: the one ``fingerprint_dataset``
+    just returned for this ``raw_dir`` and ``out_dir`` (not computed, checked or read again).
     """
     meta = dio.load_dataset_json(raw_dir)
-    fingerprint = fingerprint_dataset(raw_dir, out_dir, workers, force, progress)
+    if fingerprint is None:
+        fingerprint = fingerprint_dataset(raw_dir, out_dir, workers, force, progress)
     cases = list(fingerprint["cases"])
     stats = {c: _file_stats(raw_dir, meta, c) for c in cases}
     plans = make_plans(fingerprint, meta, target_spacing, patch_size, batch_size)

@@ -82,11 +82,11 @@ def run_training(args) -> int:
         torch.set_num_threads(1)
     if env.main:
         plans = data.prepare(ds, preprocessed, cfg["patch_size"], cfg["batch_size"], cfg["target_spacing"],
-                             args.workers, progress=not args.no_progress)
+                             args.workers, progress=not args.no_progress, fingerprint=fingerprint)
     env.barrier()
     if not env.main:
         plans = data.prepare(ds, preprocessed, cfg["patch_size"], cfg["batch_size"], cfg["target_spacing"], 0,
-                             progress=False)
+                             progress=False, fingerprint=fingerprint)
     if cfg["epochs"] is None:
         _fit_epochs_to_budget(cfg, args, out, plans, preprocessed, ds.cases, device, env)
     if env.main:
@@ -147,6 +147,15 @@ def select_folds(requested, n_cases: int, log=print) -> list:
     return folds
 
 
+def _recipe(model, cfg: dict, device, amp) -> tuple:
+    """(optimizer, GradScaler or None, loss) of the paper's recipe for ``model``."""
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    loss_fn = DeepSupervisionLoss(DiceCELoss(batch_dice=cfg["batch_dice"]),
+                                  ds_weights(5) if cfg["deep_supervision"] else None)
+    return optimizer, scaler, loss_fn
+
+
 def _fit_epochs_to_budget(cfg: dict, args, out: str, plans: dict, preprocessed: str, cases, device, env) -> None:
     """Set ``cfg['epochs']`` to what fits its time budget: a resumed run keeps the epochs it was planned with;
     a new one times a few real training steps (sampling and augmentation included) of a throwaway model."""
@@ -156,16 +165,13 @@ def _fit_epochs_to_budget(cfg: dict, args, out: str, plans: dict, preprocessed: 
             epochs = json.load(handle)["config"].get("epochs")
         if epochs:
             cfg["epochs"] = int(epochs)
-            cfg["plan_reasons"].append(f"epochs {epochs}: kept from the run being resumed")
+            cfg["plan_reasons"][-1] = f"epochs {epochs}: kept from the run being resumed"
             return
     model = build_model(cfg, args.backend).to(device)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
     amp = amp_dtype(args.amp, device)[0]
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    optimizer, scaler, loss_fn = _recipe(model, cfg, device, amp)
     sampler = data.Batches(preprocessed, sorted(cases), plans, cfg["patch_size"], cfg["batch_size"], augment=True,
                            seed=cfg["seed"] + 7, rank=env.rank)
-    loss_fn = DeepSupervisionLoss(DiceCELoss(batch_dice=cfg["batch_dice"]),
-                                  ds_weights(5) if cfg["deep_supervision"] else None)
     step = (model, model, sampler, optimizer, scaler, loss_fn)
     _train_epoch(*step, 0, TIMING_WARMUP, device, amp, hide=True)
     t0 = time.perf_counter()
@@ -219,16 +225,13 @@ def train_fold(cfg: dict, args, plans: dict, preprocessed: str, split: dict, fol
             raise SystemExit(f"--init-from {args.init_from}: {err}") from None
         log(f"initialised from {args.init_from} (UpKern)")
     model.to(device)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
     amp, amp_name = amp_dtype(args.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    optimizer, scaler, loss_fn = _recipe(model, cfg, device, amp)
     sampler = data.Batches(preprocessed, split["train"], plans, cfg["patch_size"], cfg["batch_size"],
                            augment=True, seed=cfg["seed"], rank=env.rank)
     # Validation patches: the same every epoch (fixed epoch index) so the curve shows the model, not the draw.
     val_sampler = data.Batches(preprocessed, split["val"], plans, cfg["patch_size"], cfg["batch_size"],
                                augment=False, seed=cfg["seed"] + 1, rank=env.rank)
-    loss_fn = DeepSupervisionLoss(DiceCELoss(batch_dice=cfg["batch_dice"]),
-                                  ds_weights(5) if cfg["deep_supervision"] else None)
 
     latest = os.path.join(fold_dir, ckpt.LATEST)
     start_epoch, best_ema, ema = 0, -math.inf, None
