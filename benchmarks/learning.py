@@ -109,7 +109,7 @@ def predict_timed(run: str, images: str, out: str, mirror: bool) -> float:
     return time.perf_counter() - t0
 
 
-def head_to_inia19(run: str, args) -> tuple[dict, list]:
+def head_to_inia19(run: str) -> tuple[dict, list]:
     """Dice on INIA19, and the prediction rows of a whole 1 mm Colin27 head (mirroring off and on)."""
     import torch
 
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         fold = "all" if task == "colin27-head-inia19" else "0"
         extra_rows = []
         if task == "colin27-head-inia19":
-            result, extra_rows = head_to_inia19(run, args)
+            result, extra_rows = head_to_inia19(run)
         else:
             result = held_out_dice_validation(run)
         plans = _plans(run)

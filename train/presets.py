@@ -60,6 +60,8 @@ def resolve_config(args, ds, on_gpu: bool, fingerprint: dict) -> dict:
     budget = preset["budget"]
     planned, reasons = planning.plan(fingerprint, budget, rule, spacing, patch,
                                      args.batch_size or preset.get("batch_size"))
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise SystemExit(f"--time-budget {args.time_budget:g}: need a positive number of minutes")
     epochs = args.epochs or preset.get("epochs")
     minutes = args.time_budget or budget.minutes
     if epochs is None:

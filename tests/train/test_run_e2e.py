@@ -90,6 +90,8 @@ def test_clear_errors(tmp_path):
         run.main(["--dataset", ds, "--output", str(tmp_path / "r"), "--patch-size", "24"])
     with pytest.raises(SystemExit, match="fold"):
         run.main(["--dataset", ds, "--output", str(tmp_path / "r"), "--preset", "tiny", "--fold", "7"])
+    with pytest.raises(SystemExit, match="--time-budget 0: need a positive number of minutes"):
+        run.main(["--dataset", ds, "--output", str(tmp_path / "r"), "--time-budget", "0"])
 
 
 def test_init_from_a_larger_kernel_is_a_one_line_error(tmp_path):
