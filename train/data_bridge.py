@@ -93,10 +93,10 @@ def write_label(label: np.ndarray, affine, path: str) -> None:
     dio.write_volume(label.astype(np.uint8 if label.max() < 256 else np.int16), np.asarray(affine), path)
 
 
-def preprocess_image(image: np.ndarray, spacing, plans: dict):
-    """Inference preprocessing (crop -> normalise -> resample); (image, props for
+def preprocess_image(image: np.ndarray, spacing, plans: dict, affine=None):
+    """Inference preprocessing (reorient -> crop -> normalise -> resample); (image, props for
     ``preprocess.revert_to_original``)."""
-    pre, _, props = pp.preprocess_arrays(image, None, spacing, plans)
+    pre, _, props = pp.preprocess_arrays(image, None, spacing, plans, affine)
     return pre, props
 
 

@@ -27,10 +27,11 @@ METRIC_CONVENTIONS = ("DSC NaN if both empty; NSD at 1 mm and HD95 (max of the t
                       "hd95_undefined; hd95_worst_case puts those at the volume diagonal; see train/metrics.py")
 
 
-def predict_image(models, image, spacing, plans, cfg, device, amp, mirror: bool, step: float = 0.5,
+def predict_image(models, image, spacing, affine, plans, cfg, device, amp, mirror: bool, step: float = 0.5,
                   progress=None) -> np.ndarray:
-    """Label map (X, Y, Z) of ``image`` (C, X, Y, Z) with voxel ``spacing``, on the image's own grid."""
-    pre, props = data.preprocess_image(image, spacing, plans)
+    """Label map (X, Y, Z) of ``image`` (C, X, Y, Z) with voxel ``spacing`` and ``affine``, on the image's
+    own grid."""
+    pre, props = data.preprocess_image(image, spacing, plans, affine)
     probs = predict_probabilities(models, pre, cfg["patch_size"], cfg["n_classes"], step=step,
                                   mirror_axes=(0, 1, 2) if mirror else (), device=device, amp_dtype=amp,
                                   batch_size=window_batch(cfg["patch_size"]), progress=progress)
@@ -50,7 +51,7 @@ def final_validation(models, cfg, ds: data.RawDataset, plans, case_names, out_di
     mine = case_names[env.rank::env.world]
     for name in progress_bar(mine, disable=hide, desc="validation"):
         image, _, spacing, affine = data.read_raw_case(ds, name, with_label=False)
-        label = predict_image(models, image, spacing, plans, cfg, device, amp, mirror)
+        label = predict_image(models, image, spacing, affine, plans, cfg, device, amp, mirror)
         data.write_label(label, affine, os.path.join(out_dir, f"{name}.nii.gz"))
     env.barrier()
     if not env.main:
@@ -134,5 +135,5 @@ def predict_folder(models, cases: dict, out_dir: str, plans, cfg, device, amp, m
     os.makedirs(out_dir, exist_ok=True)
     for case in progress_bar(sorted(cases), disable=hide, desc="cases"):
         image, spacing, affine = data.read_image_files(cases[case])
-        label = predict_image(models, image, spacing, plans, cfg, device, amp, mirror, step)
+        label = predict_image(models, image, spacing, affine, plans, cfg, device, amp, mirror, step)
         data.write_label(label, affine, os.path.join(out_dir, f"{case}.nii.gz"))

@@ -1,8 +1,11 @@
 """nnU-Net-style preprocessing: fingerprint -> plans -> per-case crop, normalise, resample; cached on disk.
 
-Order per case (nnU-Net v2): crop to nonzero -> normalise -> resample. Numbers follow
+Order per case: reorient -> crop to nonzero -> normalise -> resample (nnU-Net v2's, after its reader). Numbers follow
 shared/reference/nnunet-conventions-and-data.md section 2.2. Differences from nnU-Net, on purpose:
-no axis transposition (arrays keep the file's voxel order); the default target spacing is 1.0 mm
+arrays are brought to the voxel order closest to RAS before anything else (nnU-Net's default reader keeps the
+file's order, its ``NibabelIOWithReorient`` does this; a model trained on one subject would otherwise meet
+another subject stored in another axis order as an unseen, transposed image), and every prediction is put back
+into the file's own voxel order; no further axis transposition; the default target spacing is 1.0 mm
 isotropic as in the MedNeXt paper (``target_spacing="median"`` gives nnU-Net's median/anisotropy rule);
 the fingerprint uses *all* foreground voxels of a case when it has at most ``n_samples`` of them
 (nnU-Net samples with replacement; exact statistics are strictly better and equal in expectation).
@@ -20,8 +23,9 @@ Public API
 ``prepare_dataset(raw_dir, out_dir, workers=2, target_spacing=(1.0, 1.0, 1.0), patch_size=(128, 128, 128),
                   batch_size=2, force=False, progress=True) -> plans dict``
 ``load_plans(out_dir) -> dict``;  ``load_case(out_dir, case, mmap=True) -> (image, seg, locations, props)``
-``preprocess_arrays(image, label, spacing, plans) -> (image, seg, props)``  (inference: label=None)
+``preprocess_arrays(image, label, spacing, plans, affine=None) -> (image, seg, props)``  (inference: label=None)
 ``revert_to_original(probabilities (K, *resampled), props, plans) -> label map`` in the original geometry
+``to_canonical(affine) -> ornt``, ``reorient``, ``reorient_geometry``, ``inverse_orientation``,
 ``crop_to_nonzero``, ``normalize``, ``resample_image``, ``resample_seg``, ``new_shape``, ``separate_z_axis``,
 ``fingerprint_dataset``, ``compute_fingerprint``, ``make_plans``, ``median_target_spacing``
 """
@@ -41,13 +45,47 @@ from mednext_fast.atomic import write_json, write_via
 from mednext_fast.train import dataset_io as dio
 from mednext_fast.train.augment import AugmentConfig
 
-PLANS_VERSION = 1
+PLANS_VERSION = 2              # 2: arrays reoriented to the closest RAS voxel order (plans["orientation"])
+CANONICAL = "RAS"
 ANISO_THRESHOLD = 3.0          # nnU-Net's ANISO_THRESHOLD (separate-z and target-spacing rules)
 FINGERPRINT_SAMPLES = 10000    # foreground voxels per case and channel
 FINGERPRINT_SEED = 1234
 LOCATION_SAMPLES = 10000       # stored voxels per class (at least 1 % of the class)
 LOCATION_MIN_FRACTION = 0.01
 SCALE_RANGE_FOR_PATCH = (0.85, 1.25)  # nnU-Net v2 enlarges the patch with this range, not the DA's 0.7-1.4
+
+
+# ---------------------------------------------------------------------------------------------------
+# Orientation
+# ---------------------------------------------------------------------------------------------------
+def to_canonical(affine) -> np.ndarray:
+    """nibabel orientation (3, 2) taking the voxel axes of ``affine`` to the closest RAS order: row i says
+    which axis file axis i becomes and whether it is flipped (-1); the identity for a RAS file."""
+    from nibabel import orientations
+    return orientations.io_orientation(np.asarray(affine, dtype=float))
+
+
+def inverse_orientation(ornt) -> np.ndarray:
+    """The orientation that undoes ``ornt`` (RAS order back to the file's)."""
+    from nibabel import orientations
+    return orientations.ornt_transform(orientations.axcodes2ornt(CANONICAL), np.asarray(ornt, float))
+
+
+def reorient(array: np.ndarray, ornt) -> np.ndarray:
+    """``array`` (..., X, Y, Z) with its last three axes permuted and flipped by ``ornt`` (a copy)."""
+    from nibabel import orientations
+    lead = array.ndim - 3
+    moved = np.moveaxis(array, list(range(lead)), list(range(3, 3 + lead)))  # spatial axes first
+    out = orientations.apply_orientation(moved, np.asarray(ornt, float))
+    return np.ascontiguousarray(np.moveaxis(out, list(range(3, 3 + lead)), list(range(lead))))
+
+
+def reorient_geometry(values, ornt) -> list:
+    """Per-axis values (spacing, shape) in the order ``ornt`` gives the axes."""
+    out = [None] * 3
+    for axis, (target, _) in enumerate(np.asarray(ornt)):
+        out[int(target)] = values[axis]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -176,16 +214,23 @@ def resample_seg(seg: np.ndarray, old_spacing, new_spacing, shape=None) -> np.nd
     return out
 
 
-def preprocess_arrays(image: np.ndarray, label: np.ndarray | None, spacing, plans: dict):
-    """One case: crop -> normalise -> resample to plans['target_spacing'].
+def preprocess_arrays(image: np.ndarray, label: np.ndarray | None, spacing, plans: dict, affine=None):
+    """One case: reorient -> crop -> normalise -> resample to plans['target_spacing'].
 
     Returns (image float32 (C, *new), seg int16 (*new) with -1 outside the nonzero mask, props).
-    With ``label=None`` (inference) seg only carries the mask (0 inside, -1 outside).
+    With ``label=None`` (inference) seg only carries the mask (0 inside, -1 outside). The image is brought
+    to the closest RAS voxel order when the plans ask for it (``plans["orientation"]``) and ``affine`` is
+    given; props (shapes, spacing, crop box) are then in that order and ``orientation`` leads back.
     """
     if image.ndim != 4:
         raise ValueError(f"image must be (C, X, Y, Z), got shape {image.shape}")
     if label is not None and label.shape != image.shape[1:]:
         raise ValueError(f"label shape {label.shape} differs from image shape {image.shape[1:]}")
+    ornt = to_canonical(affine) if affine is not None and plans.get("orientation") == CANONICAL else None
+    if ornt is not None:
+        image = reorient(image, ornt)
+        label = None if label is None else reorient(label, ornt)
+        spacing = reorient_geometry(list(spacing), ornt)
     cropped, seg, bbox = crop_to_nonzero(image, label)
     normed = normalize(cropped, seg, plans)
     target = plans["target_spacing"]
@@ -194,7 +239,8 @@ def preprocess_arrays(image: np.ndarray, label: np.ndarray | None, spacing, plan
     seg = resample_seg(seg, spacing, target, shape)
     props = dict(original_shape=list(image.shape[1:]), bbox=bbox, cropped_shape=list(cropped.shape[1:]),
                  original_spacing=[float(s) for s in spacing], resampled_shape=shape,
-                 classes_present=[int(v) for v in np.unique(seg) if v > 0])
+                 classes_present=[int(v) for v in np.unique(seg) if v > 0],
+                 orientation=None if ornt is None else ornt.tolist())
     return data, seg, props
 
 
@@ -202,7 +248,7 @@ def revert_to_original(probabilities, props: dict, plans: dict) -> np.ndarray:
     """Class probabilities/logits (K, *resampled) -> label map (X, Y, Z) in the original geometry.
 
     nnU-Net's export: resample with order 1 (order 0 along a separate-z axis) to the cropped shape, argmax,
-    and put the crop back (outside = background).
+    put the crop back (outside = background), and return to the file's voxel order.
     """
     probs = np.asarray(probabilities.detach().cpu().float() if hasattr(probabilities, "detach") else probabilities,
                        dtype=np.float32)
@@ -214,6 +260,8 @@ def revert_to_original(probabilities, props: dict, plans: dict) -> np.ndarray:
         probs = resample_image(probs, plans["target_spacing"], props["original_spacing"], crop, order=1)
     out = np.zeros(props["original_shape"], np.int16)
     out[tuple(slice(a, b) for a, b in props["bbox"])] = probs.argmax(0)
+    if props.get("orientation") is not None:
+        out = reorient(out, inverse_orientation(props["orientation"]))
     return out
 
 
@@ -237,7 +285,8 @@ def class_locations(seg: np.ndarray, classes, seed: int = FINGERPRINT_SEED) -> d
 # ---------------------------------------------------------------------------------------------------
 def _fingerprint_case(root: str, meta: dict, case: str, n_samples: int):
     image, label, geom = dio.read_case(root, meta, case)   # also validates values
-    cropped, seg, _ = crop_to_nonzero(image, label)
+    ornt = to_canonical(geom["affine"])  # spacings and shapes in the order the plans use
+    cropped, seg, _ = crop_to_nonzero(reorient(image, ornt), reorient(label, ornt))
     fg = seg > 0
     rng = np.random.default_rng([FINGERPRINT_SEED, _stable_int(case)])
     samples = []
@@ -246,7 +295,8 @@ def _fingerprint_case(root: str, meta: dict, case: str, n_samples: int):
         if vals.size > n_samples:
             vals = vals[rng.integers(0, vals.size, n_samples)]
         samples.append(vals.astype(np.float64))
-    return dict(case=case, spacing=geom["spacing"], shape=geom["shape"], shape_after_crop=list(seg.shape),
+    return dict(case=case, spacing=reorient_geometry(geom["spacing"], ornt),
+                shape=reorient_geometry(geom["shape"], ornt), shape_after_crop=list(seg.shape),
                 relative_size_after_crop=float(np.prod(seg.shape) / np.prod(geom["shape"])), samples=samples)
 
 
@@ -331,7 +381,7 @@ def make_plans(fingerprint: dict, meta: dict, target_spacing="1mm", patch_size=(
         # dataset_name, channel_names, labels (name -> output value) and median_spacing (what
         # target_spacing='median' gives) are there for the reader of plans.json; the pipeline does not use them
         dataset_name=meta.get("name", ""), channel_names=meta["channel_names"], labels=meta["labels"],
-        n_classes=len(meta["labels"]), target_spacing=target, patch_size=patch,
+        n_classes=len(meta["labels"]), orientation=CANONICAL, target_spacing=target, patch_size=patch,
         initial_patch_size=initial_patch_size(patch), batch_size=int(batch_size),
         normalization=schemes, use_mask_for_norm=[use_mask and s == "ZScore" for s in schemes],
         foreground_intensity_properties=fingerprint["foreground_intensity_properties"],
@@ -377,7 +427,7 @@ def _case_files(out_dir: str, case: str) -> dict:
 
 def _preprocess_case(root: str, meta: dict, case: str, plans: dict, out_dir: str, case_hash: str):
     image, label, geom = dio.read_case(root, meta, case)
-    data, seg, props = preprocess_arrays(image, label, geom["spacing"], plans)
+    data, seg, props = preprocess_arrays(image, label, geom["spacing"], plans, geom["affine"])
     locs = class_locations(seg, range(1, plans["n_classes"]))
     files = _case_files(out_dir, case)
     _save_npy(data.astype(np.float32), files["image"])

@@ -153,3 +153,51 @@ def test_revert_to_original_geometry():
         assert _dice(lab_in == k, back == k) >= 0.95, k
     with pytest.raises(ValueError, match="resampled"):
         pp.revert_to_original(onehot[:, :-1], props, plans)
+
+
+def _stored_as(image, lab, spacing, perm, flips):
+    """The same volume stored with its voxel axes permuted and flipped; (image, label, spacing, affine)."""
+    img, seg = np.transpose(image, (0,) + tuple(p + 1 for p in perm)), np.transpose(lab, perm)
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1
+    for file_axis, world_axis in enumerate(perm):
+        affine[world_axis, file_axis] = spacing[world_axis] * (-1 if flips[file_axis] else 1)
+    for file_axis, flip in enumerate(flips):
+        if flip:
+            img, seg = np.flip(img, file_axis + 1), np.flip(seg, file_axis)
+    return np.ascontiguousarray(img), np.ascontiguousarray(seg), [spacing[p] for p in perm], affine
+
+
+@pytest.mark.parametrize("perm,flips", [((0, 1, 2), (0, 0, 0)), ((2, 0, 1), (1, 0, 1)), ((1, 2, 0), (0, 1, 0))])
+def test_any_axis_order_preprocesses_alike_and_reverts_to_the_file_order(perm, flips):
+    spacing = (0.7, 0.8, 2.0)
+    shape = (64, 56, 24)
+    lab = _objects(shape, spacing)
+    image = np.zeros((1,) + shape, np.float32)
+    image[0, 4:60, 3:50, 2:22] = 1 + lab[4:60, 3:50, 2:22]
+    lab = np.where(image[0] > 0, lab, 0)
+    plans = dict(orientation=pp.CANONICAL, target_spacing=[1.0, 1.0, 1.0], normalization=["ZScore"],
+                 use_mask_for_norm=[False])
+    ras = pp.preprocess_arrays(image, lab, spacing, plans, np.diag(list(spacing) + [1.0]))
+    img2, lab2, spacing2, affine2 = _stored_as(image, lab, spacing, perm, flips)
+    assert pp.reorient_geometry(spacing2, pp.to_canonical(affine2)) == list(spacing)
+    data, seg, props = pp.preprocess_arrays(img2, lab2, spacing2, plans, affine2)
+    np.testing.assert_array_equal(data, ras[0])   # the model sees the same array, whatever the file's order
+    np.testing.assert_array_equal(seg, ras[1])
+    onehot = np.stack([(seg == k) for k in range(4)]).astype(np.float32)
+    back = pp.revert_to_original(onehot, props, plans)
+    assert back.shape == lab2.shape              # ... and the prediction comes back in the file's order
+    for k in (1, 2, 3):
+        assert _dice(lab2 == k, back == k) >= 0.95, k
+
+
+def test_plans_without_orientation_keep_the_file_order():
+    """A run planned before reorientation (no plans['orientation']) predicts as it was trained."""
+    image = np.random.default_rng(0).random((1, 20, 18, 16)).astype(np.float32) + 1
+    plans = dict(target_spacing=[1.0, 1.0, 1.0], normalization=["ZScore"], use_mask_for_norm=[False])
+    flipped = np.diag([-1.0, 1, 1, 1])
+    data, _, props = pp.preprocess_arrays(image, None, (1, 1, 1), plans, flipped)
+    np.testing.assert_allclose(data[0], (image[0] - image.mean()) / image.std(), rtol=1e-5, atol=1e-5)
+    assert props["orientation"] is None
+    data, _, props = pp.preprocess_arrays(image, None, (1, 1, 1), dict(plans, orientation=pp.CANONICAL), flipped)
+    np.testing.assert_allclose(data[0], (image[0, ::-1] - image.mean()) / image.std(), rtol=1e-5, atol=1e-5)
