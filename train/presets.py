@@ -23,7 +23,6 @@ PRESETS = {
                  iters_per_epoch=3, val_iters=2, mirror=True,
                  model=dict(n_channels=4, block_counts=[1] * 9, exp_r=2, checkpoint_style=None)),
 }
-CPU_SIZED = ("demo", "tiny")  # presets whose small convs run on one CPU thread by default (see --threads)
 
 
 def preset_name(args, on_gpu: bool) -> str:

@@ -83,8 +83,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-final-validation", action="store_true", help="skip full-volume validation and metrics")
     p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--threads", type=int,
-                   help="CPU threads for torch (default: 1 for the demo/tiny presets on CPU, whose convs are "
-                        "small; else torch's choice)")
+                   help="CPU threads for torch (default: torch's choice, one per core)")
     p.add_argument("--no-progress", action="store_true", help="hide tqdm progress bars")
     return p
 

@@ -22,12 +22,12 @@ from mednext_fast.atomic import write_json
 from mednext_fast.train import checkpointing as ckpt
 from mednext_fast.train import data_bridge as data
 from mednext_fast.train.ddp import Dist, check_ddp_consistency
-from mednext_fast.train.device import amp_dtype, pick_device
+from mednext_fast.train.device import amp_dtype, memory_format, pick_device
 from mednext_fast.train.logging_utils import RunLog, progress_bar
 from mednext_fast.train.losses import DeepSupervisionLoss, DiceCELoss, ds_weights
 from mednext_fast.train.predictor import final_validation
 from mednext_fast.train.planning import fit_epochs
-from mednext_fast.train.presets import CPU_SIZED, build_model, preset_name, resolve_config
+from mednext_fast.train.presets import build_model, preset_name, resolve_config
 from mednext_fast.train.schedule import PAPER, make_optimizer, poly_lr, set_lr
 
 TIMING_WARMUP, TIMING_STEPS = 2, 3  # training steps that measure the step time for a time budget
@@ -78,8 +78,6 @@ def run_training(args) -> int:
     if not env.main:
         fingerprint = data.fingerprint(ds, preprocessed, 0, progress=False)
     cfg = resolve_config(args, ds, on_gpu, fingerprint)
-    if args.threads is None and device.type == "cpu" and cfg["preset"] in CPU_SIZED:
-        torch.set_num_threads(1)
     if env.main:
         plans = data.prepare(ds, preprocessed, cfg["patch_size"], cfg["batch_size"], cfg["target_spacing"],
                              args.workers, progress=not args.no_progress, fingerprint=fingerprint)
@@ -167,7 +165,7 @@ def _fit_epochs_to_budget(cfg: dict, args, out: str, plans: dict, preprocessed: 
             cfg["epochs"] = int(epochs)
             cfg["plan_reasons"][-1] = f"epochs {epochs}: kept from the run being resumed"
             return
-    model = build_model(cfg, args.backend).to(device)
+    model = build_model(cfg, args.backend).to(device, memory_format=memory_format(device))
     amp = amp_dtype(args.amp, device)[0]
     optimizer, scaler, loss_fn = _recipe(model, cfg, device, amp)
     sampler = data.Batches(preprocessed, sorted(cases), plans, cfg["patch_size"], cfg["batch_size"], augment=True,
@@ -224,7 +222,7 @@ def train_fold(cfg: dict, args, plans: dict, preprocessed: str, split: dict, fol
         except (ValueError, FileNotFoundError) as err:  # e.g. a larger kernel than this run's: one line, no traceback
             raise SystemExit(f"--init-from {args.init_from}: {err}") from None
         log(f"initialised from {args.init_from} (UpKern)")
-    model.to(device)
+    model.to(device, memory_format=memory_format(device))
     amp, amp_name = amp_dtype(args.amp, device)
     optimizer, scaler, loss_fn = _recipe(model, cfg, device, amp)
     sampler = data.Batches(preprocessed, split["train"], plans, cfg["patch_size"], cfg["batch_size"],
@@ -292,7 +290,9 @@ def _train_epoch(net, model, sampler, optimizer, scaler, loss_fn, epoch: int, it
     net.train()
     losses = []
     bar = progress_bar(total=iters, disable=hide, desc=f"epoch {epoch}")
+    layout = memory_format(device)
     for x, y in sampler.epoch(epoch, iters, device):  # y: label pyramid, full resolution first
+        x = x.contiguous(memory_format=layout)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out = net(x)
