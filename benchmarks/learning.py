@@ -9,8 +9,10 @@ Tasks (Debian mricron-data; see train/colin27.py, train/inia19.py):
   colin27-brain        brain extraction, train on the left hemisphere, Dice on the right one
   colin27-lobes        the 7 lobe classes, same hemisphere split
   colin27-head-inia19  brain extraction trained on the whole Colin27 head (one case: fold 'all'), Dice on
-                       another subject, the INIA19 macaque brain at human scale; also the time to predict a
-                       whole 1 mm head (Colin27, 181x217x181) with and without mirroring
+                       another subject, the INIA19 macaque brain at human scale, and on the other held-out
+                       cases of benchmarks/held_out.py (MNI152 when found, Colin27 warped, in P-I-L voxel
+                       order, skull-stripped), no mirroring; also the time to predict a whole 1 mm head
+                       (Colin27, 181x217x181) with and without mirroring
 
 Each task runs ``mednext-train --dataset NAME`` with no tuning option (``--time-budget`` only when given) in
 its own process. Rows (one per task, suite 'learning'; one per prediction, suite 'predict'): ``median_ms`` is
@@ -109,19 +111,24 @@ def predict_timed(run: str, images: str, out: str, mirror: bool) -> float:
     return time.perf_counter() - t0
 
 
-def head_to_inia19(run: str) -> tuple[dict, list]:
-    """Dice on INIA19, and the prediction rows of a whole 1 mm Colin27 head (mirroring off and on)."""
+def head_to_held_out(run: str) -> tuple[dict, list]:
+    """Dice on every held-out case of ``benchmarks.held_out`` (INIA19 first: the row's ``dice``), and the
+    prediction rows of a whole 1 mm Colin27 head (mirroring off and on)."""
     import torch
 
-    from mednext_fast.train import colin27, inia19
+    from benchmarks import held_out
+    from mednext_fast.train import colin27
     from mednext_fast.train import dataset_io as dio
     from mednext_fast.train.metrics import dice
     work = os.path.join(run, "held_out")
-    images, label = inia19.write_test_case(os.path.join(work, "inia19"))
-    predict_timed(run, images, os.path.join(work, "inia19_pred"), mirror=False)
-    pred, _, _ = dio.read_volume(os.path.join(work, "inia19_pred", f"{inia19.CASE}.nii.gz"))
-    ref, _, _ = dio.read_volume(label)
-    result = dict(dice=round(dice(pred > 0, ref > 0), 4))
+    scores = {}
+    for name, (images, label) in held_out.write_cases(work).items():
+        predict_timed(run, images, os.path.join(work, f"{name}_pred"), mirror=False)
+        case = os.listdir(images)[0].rsplit("_", 1)[0]
+        pred, _, _ = dio.read_volume(os.path.join(work, f"{name}_pred", f"{case}.nii.gz"))
+        ref, _, _ = dio.read_volume(label)
+        scores[name] = round(dice(pred > 0, ref > 0), 4)
+    result = dict(dice=scores.get("inia19"), held_out_dice=scores)
     t1, _, affine = colin27.build_label()
     head = os.path.join(work, "colin27_1mm")
     dio.write_volume(t1, affine, os.path.join(head, "colin27_0000.nii.gz"))
@@ -144,7 +151,7 @@ def main(argv=None) -> int:
         fold = "all" if task == "colin27-head-inia19" else "0"
         extra_rows = []
         if task == "colin27-head-inia19":
-            result, extra_rows = head_to_inia19(run)
+            result, extra_rows = head_to_held_out(run)
         else:
             result = held_out_dice_validation(run)
         plans = _plans(run)
@@ -154,8 +161,9 @@ def main(argv=None) -> int:
                                       plans=plans, curve=_curve(run, fold)))
         rows = [row] + [dict(env, variant="S", kernel=3, dtype="fp32", **r) for r in extra_rows]
         store.append(rows, args.csv)
-        print(f"[{task}] held-out Dice {result['dice']:.4f} after {row['median_ms'] / 1e3:.0f} s of training "
+        print(f"[{task}] held-out Dice {result['dice']} after {row['median_ms'] / 1e3:.0f} s of training "
               f"({plans['epochs']} epochs, spacing {plans['target_spacing']}, patch {plans['patch_size']})"
+              + "".join(f"; {k} {v}" for k, v in result.get("held_out_dice", {}).items())
               + "".join(f"; predict 1 mm head {r['mode']} {r['median_ms'] / 1e3:.1f} s" for r in extra_rows),
               flush=True)
     print(f"rows appended to {args.csv} (run {env['run']})")
