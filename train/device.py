@@ -1,6 +1,10 @@
 """The device a process runs on and the autocast dtype it uses."""
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
+
 import torch
 
 AMP_CHOICES = ("bf16", "fp16", "off")
@@ -30,3 +34,24 @@ def memory_format(device: torch.device) -> torch.memory_format:
     PyTorch's depthwise 3-D convolution and its backward go through oneDNN in that layout and take a
     fraction of the NCDHW time; NCDHW elsewhere (the GPU backends choose their own layout)."""
     return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the process's heap instead of unmapping it, as
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` would (docs/performance.md, "CPU allocator and page
+    faults"): eager PyTorch on CPU allocates every activation afresh, and each new mapping costs page
+    faults and zeroing. The process then keeps its peak memory instead of returning it between steps.
+    Returns whether it was applied: not on other C libraries or systems, and not where the user set
+    either variable (their choice stands)."""
+    if not sys.platform.startswith("linux") or {"MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: no glibc allocator to tune
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))

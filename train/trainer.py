@@ -22,7 +22,7 @@ from mednext_fast.atomic import write_json
 from mednext_fast.train import checkpointing as ckpt
 from mednext_fast.train import data_bridge as data
 from mednext_fast.train.ddp import Dist, check_ddp_consistency
-from mednext_fast.train.device import amp_dtype, memory_format, pick_device
+from mednext_fast.train.device import amp_dtype, keep_freed_memory, memory_format, pick_device
 from mednext_fast.train.logging_utils import RunLog, progress_bar
 from mednext_fast.train.losses import DeepSupervisionLoss, DiceCELoss, ds_weights
 from mednext_fast.train.predictor import final_validation
@@ -46,6 +46,7 @@ def run_training(args) -> int:
         torch.set_num_threads(args.threads)
     env = Dist()
     device = pick_device(args.device, env.local_rank)
+    heap_kept = device.type == "cpu" and keep_freed_memory()
     env.init(device)
     # Built-in datasets are generated (and MSD folders converted) by rank 0 first; the others then reuse them.
     name = args.dataset or data.DEFAULT_DATASET
@@ -95,7 +96,8 @@ def run_training(args) -> int:
     log(f"dataset {name} ({root}): {len(ds.cases)} cases, {ds.n_classes} classes; {cfg['preset']} preset: "
         f"MedNeXt-{cfg['variant']} k{cfg['kernel']} {cfg['model'] or '(paper widths)'}, "
         f"{cfg['epochs']} epochs x {cfg['iters_per_epoch']} it x {env.world} process(es), device {device}, "
-        f"amp {amp_dtype(args.amp, device)[1]}, {torch.get_num_threads()} CPU thread(s), folds {folds} -> {out}")
+        f"amp {amp_dtype(args.amp, device)[1]}, {torch.get_num_threads()} CPU thread(s)"
+        f"{', freed memory kept in the heap' if heap_kept else ''}, folds {folds} -> {out}")
     for reason in cfg["plan_reasons"]:
         log(f"plans: {reason}")
     for fold in folds:
