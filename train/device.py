@@ -1,4 +1,4 @@
-"""The device a process runs on and the autocast dtype it uses."""
+"""The device a process runs on, the autocast dtype it uses, and how CPU training lays out and allocates memory."""
 from __future__ import annotations
 
 import ctypes
