@@ -14,8 +14,8 @@ it tests, since only one of them is another human and none is a human head with 
   colin27-stripped  the training head with everything outside the brain set to 0: how much the model leans
                   on the skull around the brain (the two templates above are stripped the same way)
 
-Public API: ``CASES``, ``write_cases(out_dir) -> {name: (images_dir, label_path)}`` (cases whose source is
-missing are left out, with a line saying why).
+Public API: ``CASES``, ``write_cases(out_dir) -> {name: (images_dir, label_path)}``; each images_dir holds
+the one file ``<name>_0000.nii.gz`` (cases whose source is missing are left out, with a line saying why).
 """
 from __future__ import annotations
 

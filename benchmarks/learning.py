@@ -124,8 +124,7 @@ def head_to_held_out(run: str) -> tuple[dict, list]:
     scores = {}
     for name, (images, label) in held_out.write_cases(work).items():
         predict_timed(run, images, os.path.join(work, f"{name}_pred"), mirror=False)
-        case = os.listdir(images)[0].rsplit("_", 1)[0]
-        pred, _, _ = dio.read_volume(os.path.join(work, f"{name}_pred", f"{case}.nii.gz"))
+        pred, _, _ = dio.read_volume(os.path.join(work, f"{name}_pred", f"{name}.nii.gz"))
         ref, _, _ = dio.read_volume(label)
         scores[name] = round(dice(pred > 0, ref > 0), 4)
     result = dict(dice=scores.get("inia19"), held_out_dice=scores)

@@ -1,4 +1,6 @@
 """The learning benchmark's held-out cases (benchmarks/held_out.py): geometry kept, warp reproducible."""
+import os
+
 import numpy as np
 import pytest
 
@@ -35,3 +37,5 @@ def test_write_cases(tmp_path):
     cases = held_out.write_cases(str(tmp_path), log=lambda *_: None)
     assert {"inia19", "colin27-warped", "colin27-PIL", "colin27-stripped"} <= set(cases)
     assert set(cases) <= set(held_out.CASES)
+    for name, (images, _) in cases.items():  # the learning benchmark finds each prediction by the case's name
+        assert os.listdir(images) == [f"{name}_0000.nii.gz"]
