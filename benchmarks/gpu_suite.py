@@ -4,7 +4,8 @@
 
 Every benchmark appends its rows to one results CSV (--csv, default OUT_DIR/results.csv) after every
 case; OUT_DIR also gets the test log, a log and a results.md per benchmark, and summary.md (the table
-printed last). The benchmarks run most wanted first (the ops, the S/B train step with every baseline at
+printed last). After the tests the depthwise conv kernels are tuned on this GPU (kernels/tuned/<gpu>.json, used by every
+benchmark after it). The benchmarks run most wanted first (the ops, the S/B train step with every baseline at
 batch 2 and 1, the S/B forward, then M/L) so a short budget trims the least wanted. Missing pieces (no
 CUDA, no Triton, no C++ extension, no MONAI) are skipped with a line that says so. --dry-run (or no CUDA)
 only reports what would run and be skipped, each step's time slot and an estimate of its cells' time.
@@ -49,6 +50,9 @@ BENCHMARKS = [
 BLOCK_FUSED = ("block_fused", 0.06,
                ["--quick", "--columns", "triton,triton_cl,eager,eager_cl,triton_dw,triton_mlp"])
 TEST_SHARE = 0.2  # of the whole budget, for the CUDA tests (spread over 8 pytest-xdist workers)
+# Then the depthwise conv kernels are tuned on this GPU (most expensive launches first) into
+# kernels/tuned/<gpu>.json, which every benchmark after it uses; gpu_suite.sh copies it to OUT to commit.
+TUNE_SHARE = 0.12
 TESTS = ["tests/kernels", "tests/test_backends.py", "tests/test_accelerate.py"]
 
 
@@ -113,6 +117,11 @@ def test_command(python: str) -> list:
     if importlib.util.find_spec("pytest_timeout"):
         cmd += ["--timeout", "100"]
     return cmd
+
+
+def tune_command(python: str, budget_s: float) -> list:
+    return [python, "-m", "mednext_fast.kernels.tune", "--kernels", "3,5,7", "--dtype", "bf16",
+            "--budget-s", f"{budget_s:.0f}"]
 
 
 def steps() -> list:
@@ -192,8 +201,11 @@ def main(argv=None) -> int:
     test_s = TEST_SHARE * args.budget_s
     if args.dry_run or not found["cuda"]:
         print(f"[gpu_suite] would run the CUDA tests for at most {test_s:.0f} s: {' '.join(test_command('python'))}")
+        tune_s = TUNE_SHARE * args.budget_s
+        print(f"[gpu_suite] would tune the conv kernels for at most {tune_s:.0f} s: "
+              f"{' '.join(tune_command('python', 0.8 * tune_s))}")
         rows = store.read()
-        left, todo, total = args.budget_s - test_s, steps(), test_s
+        left, todo, total = args.budget_s - test_s - tune_s, steps(), test_s + tune_s
         while todo:
             name, weight, cmd = todo.pop(0)
             slot = (left - 10) * weight / (weight + sum(w for _, w, _ in todo))
@@ -213,6 +225,11 @@ def main(argv=None) -> int:
         print(f"[gpu_suite] CUDA tests exit code {code} (log: {log})")
         with open(log) as handle:
             print("".join(handle.readlines()[-25:]), flush=True)
+    if found["triton"]:
+        tune_s = TUNE_SHARE * args.budget_s
+        log = os.path.join(args.out, "tune.log")
+        code = run(tune_command(sys.executable, 0.8 * tune_s), log, tune_s)
+        print(f"[gpu_suite] tuning exit code {code} (log: {log})", flush=True)
     todo = steps()
     while todo:
         name, weight, cmd = todo.pop(0)

@@ -6,8 +6,9 @@
 # in .whl/ (e.g. monai, carried along because the machine has no internet) go into a scratch folder. Then
 # the CUDA tests and the benchmarks (benchmarks/gpu_suite.py). OUT_DIR gets results.csv (this run's rows;
 # merge them here with `python -m benchmarks.store merge OUT_DIR/results.csv --commit <sha>`),
-# summary.md, tests.log and gpu_suite.tar.gz (every log and per-benchmark table). MEDNEXT_FAST_COMMIT
-# names the measured commit where the copied tree has no .git.
+# summary.md, tests.log, tune.log, the tuned table <gpu>.json (commit it as kernels/tuned/<gpu>.json) and
+# gpu_suite.tar.gz (every log and per-benchmark table). MEDNEXT_FAST_COMMIT names the measured commit where
+# the copied tree has no .git.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: gpu_suite.sh OUT_DIR [--budget-s N]}
@@ -31,5 +32,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 python3 -m benchmarks.gpu_suite "$work/suite" --csv "$out/results.csv" "$@"
 status=$?
 tar -czf "$out/gpu_suite.tar.gz" -C "$work" suite
-cp "$work/suite/summary.md" "$work/suite/tests.log" "$out/" 2>/dev/null
+cp "$work/suite/summary.md" "$work/suite/tests.log" "$work/suite/tune.log" "$out/" 2>/dev/null
+cp kernels/tuned/*.json "$out/" 2>/dev/null  # the tuned table of this GPU: commit it as kernels/tuned/<gpu>.json
 exit $status

@@ -158,10 +158,13 @@ def _dw_kernel(y_ptr, scale_ptr, shift_ptr, w1_ptr, b1_ptr, w2_ptr, go_ptr, dw1_
     dw2 = tl.zeros([BCO, BH], dtype=tl.float32)
     db1 = tl.zeros([BH], dtype=tl.float32)
     for i in range(TPS):
+        # The last split may run past the NT row tiles: such a tile reads sample N - 1 (clamped, so scale and
+        # shift stay in bounds) with every row masked off (the bound folded into S, as newer Triton
+        # interpreters reject a block mask combined with a scalar condition).
         tile = split * TPS + i
-        n = tile // TILES
+        n = tl.minimum(tile, NT - 1) // TILES
         rows = (tile % TILES) * BM + tl.arange(0, BM)
-        row_ok = (rows < S) & (tile < NT)
+        row_ok = rows < tl.where(tile < NT, S, 0)
         _, z = _load_z(y_ptr, scale_ptr, shift_ptr, n, rows, row_ok, ci, ci_ok, S, C, ACT, DOT)
         go = tl.load(go_ptr + n.to(tl.int64) * S * CO + rows[:, None] * CO + co[None, :],
                      mask=row_ok[:, None] & co_ok[None, :], other=0.0).to(ACT).to(DOT)

@@ -13,6 +13,7 @@ from tests.kernels.helpers import assert_close_rel, assert_within_reference_erro
 
 dw_mod = importlib.import_module("mednext_fast.kernels.dwconv_stats")
 nm_mod = importlib.import_module("mednext_fast.kernels.norm_mlp")
+tuning = importlib.import_module("mednext_fast.kernels.tuning")
 dwconv_stats = dw_mod.dwconv_stats
 
 DOWN, UP = dict(stride=2), dict(transposed=True)
@@ -72,7 +73,11 @@ def test_matches_reference(kw, k, c, spatial, kind, bias):
 def test_small_tiles_partial_channel_blocks_and_subblocks(monkeypatch, kw, spatial):
     # Several spatial tiles (last one partial), channel blocks (20 = 16 + 4) and wgrad sub-blocks on both
     # sides of the resampling: the paths a GPU launch takes, which the interpreter's whole-volume blocks skip.
-    monkeypatch.setattr(dw_mod, "BLOCK_OVERRIDE", dict(BS=32, BC=16, NSUB=2, warps=4))
+    monkeypatch.setattr(dw_mod, "BLOCK_OVERRIDE", dict(BS=32, BC=16))
+    monkeypatch.setitem(tuning.FORCED, "conv", tuning.ConvConfig(32, 4, 16, 4))
+    wgrad = tuning.WgradConfig(16, 16, 4, 80)
+    assert dw_mod.wgrad_split(wgrad, 2, 60, 20, 3) == (2, 2)  # the summed side has 60 positions either way
+    monkeypatch.setitem(tuning.FORCED, "wgrad", wgrad)
     torch.manual_seed(1)
     x = layout(torch.randn(2, 20, *spatial, device=DEVICE), "ncdhw")
     w, b = _params(20, 3)

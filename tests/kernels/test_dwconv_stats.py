@@ -9,6 +9,7 @@ from tests.kernels.conftest import DEVICE, needs_cuda
 from tests.kernels.helpers import assert_close_rel, assert_within_reference_error, layout
 
 dw_mod = importlib.import_module("mednext_fast.kernels.dwconv_stats")
+tuning = importlib.import_module("mednext_fast.kernels.tuning")
 dwconv_stats = dw_mod.dwconv_stats
 
 
@@ -57,7 +58,11 @@ def test_small_tiles_partial_channel_blocks_and_subblocks(monkeypatch):
     # Several spatial tiles (last one partial), channel blocks (20 = 16 + 4) and wgrad sub-blocks:
     # the paths a GPU launch takes, which the interpreter's default whole-volume blocks skip.
     # (k only changes loop bounds here; k=3 keeps the interpreter quick.)
-    monkeypatch.setattr(dw_mod, "BLOCK_OVERRIDE", dict(BS=64, BC=16, NSUB=2, warps=4))
+    monkeypatch.setattr(dw_mod, "BLOCK_OVERRIDE", dict(BS=64, BC=16))
+    monkeypatch.setitem(tuning.FORCED, "conv", tuning.ConvConfig(64, 8, 16, 4))
+    wgrad = tuning.WgradConfig(16, 16, 4, 80)
+    assert dw_mod.wgrad_split(wgrad, 2, 175, 20, 3) == (2, 6)  # 2 chunks of 6 and 5 sub-blocks, the last partial
+    monkeypatch.setitem(tuning.FORCED, "wgrad", wgrad)
     x = layout(torch.randn(2, 20, 5, 5, 7, device=DEVICE), "ncdhw")  # 175 = 2*64 + 47 positions
     w = (torch.randn(20, 1, 3, 3, 3, device=DEVICE) / 3 ** 1.5).requires_grad_()
     b = torch.randn(20, device=DEVICE).requires_grad_()
