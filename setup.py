@@ -98,10 +98,12 @@ setup(
     python_requires=">=3.10",
     packages=packages(),
     package_dir=PACKAGE_DIRS,
+    package_data={"mednext_fast.kernels": ["tuned/*.json"]},  # per-GPU launch configurations
     install_requires=["torch>=2.4", "numpy>=1.24"],
     extras_require={
         "test": ["pytest", "monai==1.6.1"],
-        "triton": ["triton>=3.6"],
+        # Compiled GPU path: 3.6 (torch 2.11's) and later; the interpreter suite is tested on 3.7 and 3.9.
+        "triton": ["triton>=3.6,<3.10"],
         "train": ["nibabel", "scipy", "tqdm", "matplotlib"],
         "bench": ["onnx==1.23.2", "onnxruntime==1.32.0", "openvino==2026.4.1"],
         # nnU-Net v2 trainers (mednext_fast.nnunet); tested with 2.8.1. Install with the installed torch pinned

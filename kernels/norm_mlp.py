@@ -206,7 +206,10 @@ def _blocks(c: int, rc: int, co: int, s: int, interp: bool, elem_bytes: int = 2)
     bh = 64 if widest <= 64 else 32
     if elem_bytes == 4 and widest >= 256:
         bm, bh = 16, 16  # fp32 operands at C >= 256: the backward tiles otherwise exceed 227 KB of smem
-    return dict(BM=bm, BH=bh, BCO=min(bco_all, 128), BCI=bci, warps=4 if widest <= 64 else 8,
+    # dx holds dz (BM x C fp32) and the output gradient (BM x C) of a row tile: 16 rows at C = 512, where
+    # 32 spill in its loop (sm_90 compile report).
+    bm_dx = 16 if widest >= 512 else bm
+    return dict(BM=bm, BM_DX=bm_dx, BH=bh, BCO=min(bco_all, 128), BCI=bci, warps=4 if widest <= 64 else 8,
                 stages=2 if widest <= 128 else 1, splits=None)
 
 
@@ -304,17 +307,20 @@ def _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, 
     n, c, spatial, s, act, dot, ieee, w1, w2, rc, co, cfg, scale, shift = _launch(
         y, s1, s2, gamma, beta, w_expand, w_compress, eps, count)
     bm, bh, bci = cfg["BM"], cfg["BH"], cfg["BCI"]
+    bm_dx = cfg.get("BM_DX", bm)  # the dx kernel keeps dz and the output gradient of a row tile in registers
     bco = max(16, next_pow2(co))  # the backward keeps every output channel of a row tile
     y_rows, go_rows = to_rows(y), to_rows(grad_out)
     b1 = b_expand.detach().float().contiguous()
+    dx_tiles = triton.cdiv(s, bm_dx)
+    dy = channels_last_empty(n, c, spatial, y.dtype, y.device)
+    a_part = torch.empty((n * dx_tiles, c), device=y.device, dtype=torch.float32)
+    b_part = torch.empty_like(a_part)
+    _dx_kernel[(n * dx_tiles,)](y_rows, scale, shift, w1, b1, w2, go_rows,
+                                dy.permute(0, *range(2, len(spatial) + 2), 1), a_part, b_part, s, c, rc, co, dx_tiles,
+                                ACT=act, DOT=dot, IEEE=ieee, BM=bm_dx, BCI=bci, BH=bh, BCO=bco,
+                                num_warps=cfg["warps"], num_stages=cfg["stages"])
     tiles = triton.cdiv(s, bm)
     nt = n * tiles
-    dy = channels_last_empty(n, c, spatial, y.dtype, y.device)
-    a_part = torch.empty((nt, c), device=y.device, dtype=torch.float32)
-    b_part = torch.empty_like(a_part)
-    _dx_kernel[(nt,)](y_rows, scale, shift, w1, b1, w2, go_rows, dy.permute(0, *range(2, len(spatial) + 2), 1),
-                      a_part, b_part, s, c, rc, co, tiles, ACT=act, DOT=dot, IEEE=ieee,
-                      BM=bm, BCI=bci, BH=bh, BCO=bco, num_warps=cfg["warps"], num_stages=cfg["stages"])
     hchunks = triton.cdiv(rc, bh)
     splits = cfg.get("splits")
     if splits is None:
@@ -328,8 +334,8 @@ def _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, 
     _dw_kernel[(hchunks, splits)](y_rows, scale, shift, w1, b1, w2, go_rows, dw1p, db1p, dw2p,
                                   s, c, rc, co, tiles, nt, tps, ACT=act, DOT=dot, IEEE=ieee,
                                   BM=bm, BCI=bci, BH=bh, BCO=bco, num_warps=cfg["warps"], num_stages=cfg["stages"])
-    a = a_part.view(n, tiles, c).sum(1)
-    b = b_part.view(n, tiles, c).sum(1)
+    a = a_part.view(n, dx_tiles, c).sum(1)
+    b = b_part.view(n, dx_tiles, c).sum(1)
     ds1, ds2, dgamma, dbeta = _stats_backward(a, b, s1.float(), s2.float(), gamma, beta, count or s, eps)
     db2 = go_rows.float().sum((0, 1))
     return dy, ds1, ds2, dgamma, dbeta, dw1p.sum(0), db1p.sum(0), dw2p.sum(0), db2

@@ -89,7 +89,8 @@ def test_options_it_lacks_say_so():
 def test_small_tiles_hidden_chunks_output_tiles_and_splits(monkeypatch):
     # Row tiles with a partial last one, hidden chunks with a partial last one (60 = 3*16 + 12),
     # two output-channel tiles (20 = 16 + 4) and several weight-gradient splits: the GPU launch paths.
-    monkeypatch.setattr(mlp_mod, "BLOCK_OVERRIDE", dict(BM=64, BH=16, BCO=16, BCI=32, warps=4, stages=1, splits=3))
+    monkeypatch.setattr(mlp_mod, "BLOCK_OVERRIDE", dict(BM=64, BM_DX=16, BH=16, BCO=16, BCI=32, warps=4, stages=1,
+                                                        splits=3))
     _compare_mlp(20, 3, 20, (5, 5, 7), "ncdhw", True)
 
 

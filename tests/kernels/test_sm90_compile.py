@@ -1,5 +1,5 @@
-"""The kernels compile for an H100/H200 (sm_90) as the JIT builds them, fit its shared memory, and the depthwise
-conv kernels' default configurations do not spill in an inner loop; checked on a machine without a GPU."""
+"""The kernels compile for an H100/H200 (sm_90) as the JIT builds them, fit its shared memory, and their default
+configurations do not spill in an inner loop; checked on a machine without a GPU."""
 import os
 import subprocess
 import sys
@@ -17,12 +17,12 @@ def test_kernels_compile_for_sm90_without_spills():
         pytest.skip("this triton install has no ptxas to compile for NVIDIA GPUs")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    # bf16, the training dtype, at every MedNeXt-S level and k = 3/5/7. norm_mlp's backward still spills at
-    # C = 512 (its merged, smaller-tile backward is open work); its spills are reported, not failed.
-    proc = subprocess.run([sys.executable, "-m", "tests.kernels.sm90_compile", "--dtypes", "bf16",
-                           "--allow-spills", "norm_mlp"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    # bf16, the training dtype, at every MedNeXt-S level and k = 3/5/7 (fp32's norm_mlp still spills: the
+    # report lists it, kernels/README.md).
+    proc = subprocess.run([sys.executable, "-m", "tests.kernels.sm90_compile", "--dtypes", "bf16"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("OK") for line in lines) >= 60, proc.stdout
-    assert any(" wgrad " in line for line in lines) and any(" dwconv " in line for line in lines), proc.stdout
+    for kernel in ("conv fwd", "conv dgrad", "wgrad", "mlp dx"):
+        assert any(f" {kernel} " in line for line in lines), (kernel, proc.stdout)
