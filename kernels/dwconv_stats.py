@@ -201,8 +201,8 @@ def _wgrad_kernel(a_ptr, b_ptr, dw_ptr, C, DA, HA, WA, SA, DB, HB, WB, SB, CHUNK
 # pinned through tuning.FORCED (each one of the spaces below is exercised that way).
 BLOCK_OVERRIDE: Optional[dict] = None
 
-# Candidates the tuner times (python -m mednext_fast.kernels.tune; MEDNEXT_FAST_AUTOTUNE=1). Every entry
-# is compiled for sm_90 in the compile report (kernels/README.md), which fails if one spills.
+# Candidates the tuner times (python -m mednext_fast.kernels.tune; MEDNEXT_FAST_AUTOTUNE=1); `python -m
+# tests.kernels.sm90_compile --all` compiles every one of them for sm_90 and reports its registers and spills.
 CONV_SPACE = (ConvConfig(128, 128, 32, 4), ConvConfig(64, 16, 32, 4), ConvConfig(64, 8, 32, 4),
               ConvConfig(64, 64, 32, 2), ConvConfig(32, 8, 32, 2), ConvConfig(32, 8, 32, 4),
               ConvConfig(16, 8, 32, 2))
@@ -211,9 +211,9 @@ WGRAD_SPACE = (WgradConfig(32, 32, 4, 4096), WgradConfig(16, 32, 4, 4096), Wgrad
 
 
 def conv_default(k: int, phased: bool) -> ConvConfig:
-    # 2-D (h, w) boxes, the fewest registers without spills in the sm_90 compile report (kernels/README.md):
-    # at k >= 5 the unrolled kw row holds more live values, so 8 elements per thread instead of 16; the
-    # phased transposed conv (its kd/kh bounds differ per phase) keeps 2 warps there, where 4 spill.
+    # 2-D (h, w) boxes, chosen from the sm_90 compile report (kernels/README.md): at k >= 5 the unrolled kw
+    # row holds more live values, so 8 elements per thread instead of 16 (88 instead of ~145 registers at
+    # k7); the phased transposed conv keeps 2 warps (16 per thread), with which ptxas stores no spill at all.
     if k <= 3:
         return ConvConfig(64, 16, 32, 4)
     return ConvConfig(32, 8, 32, 2 if phased else 4)
@@ -268,7 +268,10 @@ def _weight_taps(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _mode(stride: int, transposed: bool) -> str:
-    return "up" if transposed else ("down" if stride == 2 else "stride1")
+    # The kernel's mapping, part of a tuning key: a block's dgrad runs the transposed mapping of its forward,
+    # so "transposed1" is the stride-1 block's dgrad, "transposed2" the up block's forward and the down
+    # block's dgrad, "stride2" the down block's forward and the up block's dgrad.
+    return f"{'transposed' if transposed else 'stride'}{stride}"
 
 
 def _conv_rows(src, src_dims, w_taps, bias, out, out_dims, n, c, k, stride, transposed, stats, mode):
@@ -362,7 +365,7 @@ def _backward(gy, gs1, gs2, x, weight, y, stride: int, transposed: bool):
                                                         BS=bs, BC=bc, num_warps=4)
     # wgrad sums over the positions of the smaller side, reading the other at STRIDE*p + t - P.
     if transposed:
-        dw = _wgrad(x_rows, in_dims, g, out_dims, n, c, k, 2, "up")
+        dw = _wgrad(x_rows, in_dims, g, out_dims, n, c, k, 2, _mode(2, True))
     else:
         dw = _wgrad(g, out_dims, x_rows, in_dims, n, c, k, stride, _mode(stride, False))
     dw = dw.t().reshape(weight.shape)  # fp32; the autograd wrapper casts

@@ -8,7 +8,8 @@ per-(sample, channel) affine z = y*scale + shift computed from (s1, s2) on the h
   accumulator, so the R*C hidden never reaches global memory.
 * backward (nothing R*C-sized is saved or written): the hidden is recomputed from the saved y + stats.
   - ``_dx_kernel`` (per row tile): dz = sum over chunks of (gelu'(pre) * (dout @ W2c)) @ W1c; writes
-    dy_direct = dz*scale and per-tile partials of A = sum dz*y, B = sum dz per (n, c).
+    dy_direct = dz*scale, per-tile partials of A = sum dz*y, B = sum dz per (n, c), and of the compression
+    bias gradient (sum of dout).
   - ``_dw_kernel`` (per hidden chunk x row split): per-split partials of dW1, dW2, db1, summed afterwards
     in a fixed order (deterministic, no atomics).
   - The (N, C) GroupNorm chain (s1, s2, gamma, beta) -> (scale, shift) is differentiated in closed form
@@ -103,7 +104,7 @@ def _fwd_kernel(y_ptr, scale_ptr, shift_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, r_p
 
 
 @triton.jit
-def _dx_kernel(y_ptr, scale_ptr, shift_ptr, w1_ptr, b1_ptr, w2_ptr, go_ptr, dy_ptr, a_ptr, b_ptr,
+def _dx_kernel(y_ptr, scale_ptr, shift_ptr, w1_ptr, b1_ptr, w2_ptr, go_ptr, dy_ptr, a_ptr, b_ptr, db2_ptr,
                S, C, RC, CO, TILES,
                ACT: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr,
                BM: tl.constexpr, BCI: tl.constexpr, BH: tl.constexpr, BCO: tl.constexpr):
@@ -116,8 +117,12 @@ def _dx_kernel(y_ptr, scale_ptr, shift_ptr, w1_ptr, b1_ptr, w2_ptr, go_ptr, dy_p
     co = tl.arange(0, BCO)
     co_ok = co < CO
     yv, z = _load_z(y_ptr, scale_ptr, shift_ptr, n, rows, row_ok, ci, ci_ok, S, C, ACT, DOT)
-    go = tl.load(go_ptr + n.to(tl.int64) * S * CO + rows[:, None] * CO + co[None, :],
-                 mask=row_ok[:, None] & co_ok[None, :], other=0.0).to(ACT).to(DOT)
+    go_raw = tl.load(go_ptr + n.to(tl.int64) * S * CO + rows[:, None] * CO + co[None, :],
+                     mask=row_ok[:, None] & co_ok[None, :], other=0.0).to(tl.float32)
+    # The compression bias gradient, per tile, from the output gradient already in registers (summing it on
+    # the host would make an fp32 copy of the whole output gradient).
+    tl.store(db2_ptr + pid.to(tl.int64) * CO + co, tl.sum(go_raw, axis=0), mask=co_ok)
+    go = go_raw.to(ACT).to(DOT)
     dz = tl.zeros([BM, BCI], dtype=tl.float32)
     for h0 in range(0, RC, BH):
         hh = h0 + tl.arange(0, BH)
@@ -315,8 +320,10 @@ def _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, 
     dy = channels_last_empty(n, c, spatial, y.dtype, y.device)
     a_part = torch.empty((n * dx_tiles, c), device=y.device, dtype=torch.float32)
     b_part = torch.empty_like(a_part)
+    db2_part = torch.empty((n * dx_tiles, co), device=y.device, dtype=torch.float32)
     _dx_kernel[(n * dx_tiles,)](y_rows, scale, shift, w1, b1, w2, go_rows,
-                                dy.permute(0, *range(2, len(spatial) + 2), 1), a_part, b_part, s, c, rc, co, dx_tiles,
+                                dy.permute(0, *range(2, len(spatial) + 2), 1), a_part, b_part, db2_part,
+                                s, c, rc, co, dx_tiles,
                                 ACT=act, DOT=dot, IEEE=ieee, BM=bm_dx, BCI=bci, BH=bh, BCO=bco,
                                 num_warps=cfg["warps"], num_stages=cfg["stages"])
     tiles = triton.cdiv(s, bm)
@@ -337,7 +344,7 @@ def _backward(grad_out, y, s1, s2, gamma, beta, w_expand, b_expand, w_compress, 
     a = a_part.view(n, dx_tiles, c).sum(1)
     b = b_part.view(n, dx_tiles, c).sum(1)
     ds1, ds2, dgamma, dbeta = _stats_backward(a, b, s1.float(), s2.float(), gamma, beta, count or s, eps)
-    db2 = go_rows.float().sum((0, 1))
+    db2 = db2_part.sum(0)
     return dy, ds1, ds2, dgamma, dbeta, dw1p.sum(0), db1p.sum(0), dw2p.sum(0), db2
 
 

@@ -129,3 +129,24 @@ def test_tune_cli_order_and_refusal_without_cuda(capsys):
     if not torch.cuda.is_available():
         assert tune.main([]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_every_launch_of_a_level_has_its_own_tuning_key(monkeypatch):
+    # The nine launches of one level (forward, dgrad, wgrad of the stride-1, down and up blocks) run six
+    # different kernels on equal sizes: a shared key would hand one's tuned configuration to another.
+    from tests.kernels.sm90_compile import recording
+    keys = []
+
+    def record(kernel, launch_key, default, space, bench=None, device=None):
+        keys.append(launch_key)
+        return default
+    monkeypatch.setattr(tuning, "choose", record)
+    meta = dict(device="meta")
+    with recording([], [""]):
+        for kw, edge in ((dict(stride=1, transposed=False), 16), (dict(stride=2, transposed=False), 16),
+                         (dict(stride=2, transposed=True), 8)):
+            x = torch.empty(2, 32, edge, edge, edge, dtype=torch.bfloat16, **meta)
+            w, b = torch.empty(32, 1, 5, 5, 5, **meta), torch.empty(32, **meta)
+            y, s1, s2 = dw_mod._forward(x, w, b, kw["stride"], kw["transposed"])
+            dw_mod._backward(y, s1, s2, x, w, y, kw["stride"], kw["transposed"])
+    assert len(keys) == 9 and len(set(keys)) == 9, keys
