@@ -15,6 +15,7 @@ tables may round differently. Nothing is tuned during CUDA-graph capture or unde
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -110,7 +111,13 @@ def _device_slug(device) -> Optional[str]:
     import torch
     if getattr(device, "type", str(device)) != "cuda":
         return None
-    return gpu_slug(torch.cuda.get_device_name(device))
+    return _slug_of_index(torch.device(device).index or 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _slug_of_index(index: int) -> str:  # once per GPU: this runs on every kernel launch
+    import torch
+    return gpu_slug(torch.cuda.get_device_name(index))
 
 
 def _may_tune(device) -> bool:
