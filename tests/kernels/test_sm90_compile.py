@@ -17,12 +17,12 @@ def test_kernels_compile_for_sm90_without_spills():
         pytest.skip("this triton install has no ptxas to compile for NVIDIA GPUs")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    # bf16, the training dtype, at every MedNeXt-S level and k = 3/5/7 (fp32's norm_mlp still spills: the
-    # report lists it, kernels/README.md).
-    proc = subprocess.run([sys.executable, "-m", "tests.kernels.sm90_compile", "--dtypes", "bf16"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+    # bf16, the training dtype, at every MedNeXt-S level, k = 3 and 7 (k5 takes the k7 configurations; the full
+    # report, `--kernels 3,5,7`, is in kernels/README.md; fp32's norm_mlp still spills there).
+    proc = subprocess.run([sys.executable, "-m", "tests.kernels.sm90_compile", "--dtypes", "bf16", "--kernels", "3,7"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert sum(line.startswith("OK") for line in lines) >= 60, proc.stdout
+    assert sum(line.startswith("OK") for line in lines) >= 50, proc.stdout
     for kernel in ("conv fwd", "conv dgrad", "wgrad", "mlp dx"):
         assert any(f" {kernel} " in line for line in lines), (kernel, proc.stdout)
