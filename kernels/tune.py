@@ -75,8 +75,8 @@ def main(argv=None) -> int:
             print(f"tune: budget of {args.budget_s:.0f} s spent; the table holds the cases measured so far")
             break
         c, edge = 32 << level, args.size >> level
-        if mode == "up":  # the up block arriving at this level comes from the level below
-            edge //= 2
+        if mode == "up":  # the up block arriving at this level runs on the level below's 2c channels
+            c, edge = 2 * c, edge // 2
         x = torch.randn(args.batch, c, edge, edge, edge, device="cuda", dtype=dtype)
         x = x.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
         w = (torch.randn(c, 1, k, k, k, device="cuda") / k ** 1.5).requires_grad_()

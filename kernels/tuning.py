@@ -20,6 +20,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from typing import Callable, NamedTuple, Optional
 
 TUNED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned")
@@ -137,6 +138,10 @@ def choose(kernel: str, launch_key: str, default, space, bench: Optional[Callabl
     if found is not None:
         return KINDS[kernel](*found)
     if bench is None or not _may_tune(device):
+        if bench is not None and os.environ.get("MEDNEXT_FAST_AUTOTUNE") == "1":
+            # Tuning was wanted but cannot run now (CUDA-graph capture): keep the default for this launch
+            # in this process, so later eager calls do not pick another configuration than the graph.
+            table(slug)[launch_key] = default
         return default
     candidates = list(space) + ([default] if default not in space else [])
     timings = [(bench(cfg), i, cfg) for i, cfg in enumerate(candidates)]
@@ -145,9 +150,13 @@ def choose(kernel: str, launch_key: str, default, space, bench: Optional[Callabl
                            "candidates": [(cfg, ms) for ms, _, cfg in timings]}
     table(slug)[launch_key] = best
     cache = _cache_path(slug)
-    merged = _read(cache)
-    merged[launch_key] = best
-    write_table(cache, merged, {"gpu": slug})
+    try:
+        merged = _read(cache)
+        merged[launch_key] = best
+        write_table(cache, merged, {"gpu": slug})
+    except (OSError, RuntimeError) as err:  # a read-only or full cache must not stop a training step
+        warnings.warn(f"mednext_fast: could not save the tuned configuration to {cache} ({err}); it is used "
+                      "in this process only", RuntimeWarning, stacklevel=2)
     return best
 
 

@@ -104,17 +104,19 @@ def record_launches(dtypes, kernels, everything: bool) -> list:
                 x = torch.empty(2, c, edge, edge, edge, dtype=dtype, **meta)
                 for k in kernels:
                     w, b = torch.empty(c, 1, k, k, k, **meta), torch.empty(c, **meta)
-                    modes = [("stride1", 1, False, x)]
-                    if level < 4:  # the down block leaving this level, the up block arriving at it
-                        modes.append(("down", 2, False, x))
-                        modes.append(("up", 2, True, torch.empty(2, c, edge // 2, edge // 2, edge // 2,
-                                                                 dtype=dtype, **meta)))
+                    modes = [("stride1", 1, False, x, w, b)]
+                    if level < 4:  # the down block leaving this level; the up block arriving at it runs its
+                        # conv on the 2c channels of the level below (MedNeXtUpBlock(in=2c, out=c))
+                        half = torch.empty(2, 2 * c, edge // 2, edge // 2, edge // 2, dtype=dtype, **meta)
+                        modes.append(("down", 2, False, x, w, b))
+                        modes.append(("up", 2, True, half, torch.empty(2 * c, 1, k, k, k, **meta),
+                                      torch.empty(2 * c, **meta)))
                     for conv_cfg, wgrad_cfg in conv_sets:
-                        for mode, stride, transposed, inp in modes:
+                        for mode, stride, transposed, inp, w, b in modes:
                             if conv_cfg is not None:
                                 tuning.FORCED.update(conv=conv_cfg, wgrad=wgrad_cfg)
                             try:
-                                case[0] = f"L{level} C{c} {mode} k{k} {dt}"
+                                case[0] = f"L{level} C{inp.shape[1]} {mode} k{k} {dt}"
                                 y, s1, s2 = dw._forward(inp, w, b, stride, transposed)
                                 dw._backward(y, s1, s2, inp, w, y, stride, transposed)
                             finally:
@@ -185,7 +187,8 @@ def spills(sass: str) -> tuple:
     code = [(int(addr, 16), text) for addr, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     loops = []
     for addr, text in code:
-        target = re.search(r"\bBRA\s+(?:`?\(?)0x([0-9a-f]+)", text)
+        # BRA, BRA.U (uniform branches on loop counters in uniform registers), with or without a predicate
+        target = re.search(r"\bBRA(?:\.\w+)*\s+(?:!?U?P[0-7T]\s*,\s*)?`?\(?0x([0-9a-f]+)", text)
         if target and int(target.group(1), 16) < addr:
             loops.append((int(target.group(1), 16), addr))
     # Innermost loops only: a spill in an outer loop (once per kd of the conv) costs what one outside does.

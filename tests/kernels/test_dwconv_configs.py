@@ -150,3 +150,17 @@ def test_every_launch_of_a_level_has_its_own_tuning_key(monkeypatch):
             y, s1, s2 = dw_mod._forward(x, w, b, kw["stride"], kw["transposed"])
             dw_mod._backward(y, s1, s2, x, w, y, kw["stride"], kw["transposed"])
     assert len(keys) == 9 and len(set(keys)) == 9, keys
+
+
+def test_unwritable_cache_warns_and_keeps_the_tuned_choice(monkeypatch, tmp_path):
+    monkeypatch.setattr(tuning, "_device_slug", lambda device: "test-gpu")
+    monkeypatch.setattr(tuning, "_may_tune", lambda device: True)
+    monkeypatch.setattr(tuning, "TUNED_DIR", str(tmp_path))
+    monkeypatch.setattr(tuning, "write_table", lambda *a, **k: (_ for _ in ()).throw(OSError("read-only")))
+    tuning.clear()
+    a, b = tuning.ConvConfig(64, 16, 32, 4), tuning.ConvConfig(32, 8, 32, 2)
+    with pytest.warns(RuntimeWarning, match="could not save"):
+        assert tuning.choose("conv", "k1", a, [b], {a: 2.0, b: 1.0}.get, "cuda") == b
+    tuning.TIMINGS.pop("k1", None)
+    assert tuning.choose("conv", "k1", a, [], device="cuda") == b  # kept in this process
+    tuning.clear()

@@ -26,3 +26,20 @@ def test_kernels_compile_for_sm90_without_spills():
     assert sum(line.startswith("OK") for line in lines) >= 50, proc.stdout
     for kernel in ("conv fwd", "conv dgrad", "wgrad", "mlp dx"):
         assert any(f" {kernel} " in line for line in lines), (kernel, proc.stdout)
+
+
+def test_spill_detection_counts_only_innermost_loops_and_sees_uniform_branches():
+    from tests.kernels.sm90_compile import spills
+    sass = """
+        /*0010*/                   STL [R1], R2 ;
+        /*0020*/                   FFMA R3, R4, R5, R3 ;
+        /*0030*/                   LDL R6, [R1] ;
+        /*0040*/                   STL [R1+0x4], R7 ;
+        /*0050*/               @P0 BRA 0x30 ;
+        /*0060*/                   LDL R8, [R1+0x8] ;
+        /*0070*/                   BRA.U !UP0, 0x60 ;
+        /*0080*/                   BRA 0x20 ;
+        /*0090*/                   EXIT ;
+    """
+    # Loops [0x30, 0x50] and [0x60, 0x70] (a uniform branch) are innermost; [0x20, 0x80] holds them.
+    assert spills(sass) == (2, 3)
