@@ -212,8 +212,8 @@ WGRAD_SPACE = (WgradConfig(32, 32, 4, 4096), WgradConfig(16, 32, 4, 4096), Wgrad
 
 def conv_default(k: int, phased: bool) -> ConvConfig:
     # 2-D (h, w) boxes, chosen from the sm_90 compile report (kernels/README.md): at k >= 5 the unrolled kw
-    # row holds more live values, so 8 elements per thread instead of 16 (88 instead of ~145 registers at
-    # k7); the phased transposed conv keeps 2 warps (16 per thread), with which ptxas stores no spill at all.
+    # row holds more live values, so 8 elements per thread instead of 16 (far fewer registers); the phased
+    # transposed conv keeps 2 warps (16 per thread), with which ptxas stores no spill at all.
     if k <= 3:
         return ConvConfig(64, 16, 32, 4)
     return ConvConfig(32, 8, 32, 2 if phased else 4)
@@ -297,12 +297,10 @@ def _conv_rows(src, src_dims, w_taps, bias, out, out_dims, n, c, k, stride, tran
             TD=td, TH=th, TW=tw, BC=cfg.bc, num_warps=cfg.warps)
         return s1p, s2p
 
-    if interpreting(src):
-        cfg = tuning.FORCED.get("conv") or _interp_conv(q_dims, c)
-    else:
-        launch_key = tuning.key("conv", c, out_dims, k, f"{_mode(stride, transposed)}-{mode}", src.dtype)
-        cfg = tuning.choose("conv", launch_key, conv_default(k, phased), CONV_SPACE,
-                            lambda cand: _sync_ms(lambda: launch(cand)), src.device)
+    default = _interp_conv(q_dims, c) if interpreting(src) else conv_default(k, phased)
+    launch_key = tuning.key("conv", c, out_dims, k, f"{_mode(stride, transposed)}-{mode}", src.dtype)
+    cfg = tuning.choose("conv", launch_key, default, CONV_SPACE, lambda cand: _sync_ms(lambda: launch(cand)),
+                        src.device)
     s1p, s2p = launch(cfg)
     if stats:  # per-sample partials, summed in a fixed order
         return s1p.view(n, -1, c).sum(1), s2p.view(n, -1, c).sum(1)
@@ -320,12 +318,10 @@ def _wgrad(a, a_dims, b_, b_dims, n, c, k, stride, mode_name):
             K=k, KP=next_pow2(k), STRIDE=stride, BS=cfg.bs, BC=cfg.bc, num_warps=cfg.warps)
         return dwp
 
-    if interpreting(a):
-        cfg = tuning.FORCED.get("wgrad") or _interp_wgrad(s_a, c)
-    else:
-        launch_key = tuning.key("wgrad", c, a_dims, k, mode_name, a.dtype)
-        cfg = tuning.choose("wgrad", launch_key, wgrad_default(k), WGRAD_SPACE,
-                            lambda cand: _sync_ms(lambda: launch(cand)), a.device)
+    default = _interp_wgrad(s_a, c) if interpreting(a) else wgrad_default(k)
+    launch_key = tuning.key("wgrad", c, a_dims, k, mode_name, a.dtype)
+    cfg = tuning.choose("wgrad", launch_key, default, WGRAD_SPACE, lambda cand: _sync_ms(lambda: launch(cand)),
+                        a.device)
     return launch(cfg).sum(0)  # (k^3, C), summed over chunks in a fixed order
 
 

@@ -212,7 +212,7 @@ def _blocks(c: int, rc: int, co: int, s: int, interp: bool, elem_bytes: int = 2)
     if elem_bytes == 4 and widest >= 256:
         bm, bh = 16, 16  # fp32 operands at C >= 256: the backward tiles otherwise exceed 227 KB of smem
     # dx holds dz (BM x C fp32) and the output gradient (BM x C) of a row tile: 16 rows at C = 512, where
-    # 32 spill in its loop (sm_90 compile report).
+    # larger tiles spill in its loop (sm_90 compile report, kernels/README.md).
     bm_dx = 16 if widest >= 512 else bm
     return dict(BM=bm, BM_DX=bm_dx, BH=bh, BCO=min(bco_all, 128), BCI=bci, warps=4 if widest <= 64 else 8,
                 stages=2 if widest <= 128 else 1, splits=None)
